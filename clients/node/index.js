@@ -1,0 +1,61 @@
+'use strict';
+/**
+ * Node client of the lmforge trainer service. Loads protos/lmforge/v1/trainer.proto at run time with
+ * @grpc/proto-loader (no generated code): field names are lowerCamelCase (baseModelId, afterSequence),
+ * int64 values are strings, enums are their names ("JOB_STATE_SUCCEEDED"), and a oneof's set field is
+ * named by its oneof (event.payload === "metrics" | "stateChange" | "checkpointSaved" | "log").
+ *
+ *   const { trainerClient } = require('@lmforge/client');
+ *   const client = trainerClient('127.0.0.1:50051');
+ *   client.GetJob({ jobId }, (err, job) => { ... });
+ *
+ * Calls fail with a grpc-js ServiceError (err.code is a grpc.status number, err.details the message).
+ */
+const path = require('path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
+const TRAINER_PROTO = path.join(PROTO_ROOT, 'lmforge', 'v1', 'trainer.proto');
+
+const LOADER_OPTIONS = {
+  includeDirs: [PROTO_ROOT],
+  keepCase: false,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+};
+
+let cachedPackage = null;
+
+/** The loaded `lmforge.v1` package object (message types and the TrainerService constructor). */
+function loadPackage() {
+  if (!cachedPackage) {
+    const definition = protoLoader.loadSync(TRAINER_PROTO, LOADER_OPTIONS);
+    cachedPackage = grpc.loadPackageDefinition(definition).lmforge.v1;
+  }
+  return cachedPackage;
+}
+
+/**
+ * A TrainerService client for `address` ("host:port"), over an insecure channel.
+ * @param {string} [address="127.0.0.1:50051"]
+ * @param {grpc.ChannelCredentials} [credentials]
+ */
+function trainerClient(address = '127.0.0.1:50051', credentials = grpc.credentials.createInsecure()) {
+  const { TrainerService } = loadPackage();
+  return new TrainerService(address, credentials, {
+    'grpc.max_receive_message_length': 64 * 1024 * 1024,
+    'grpc.max_send_message_length': 64 * 1024 * 1024,
+  });
+}
+
+const TERMINAL_STATES = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
+
+/** True for JOB_STATE_SUCCEEDED, JOB_STATE_FAILED and JOB_STATE_CANCELLED. */
+function isTerminal(state) {
+  return TERMINAL_STATES.has(state);
+}
+
+module.exports = { trainerClient, loadPackage, isTerminal, TERMINAL_STATES, PROTO_ROOT, grpc };

@@ -1,0 +1,638 @@
+"""`lmforge`: the command line of the trainer service (installs without torch).
+
+    lmforge datasets upload data/train.jsonl
+    lmforge datasets validate data/train.jsonl --method sft        # every bad row, exit 1 if any
+    lmforge train -f examples/jobs/sft_lora.yaml --dataset data/train.jsonl --max-steps 100 --follow
+    lmforge metrics JOB_ID                                         # live progress line, exit 0/1
+    lmforge jobs list --state running
+    lmforge checkpoints --job JOB_ID
+
+Global options (before or after the subcommand): --address HOST:PORT (default $LMFORGE_TRAINER_ADDRESS or
+127.0.0.1:50051) and --json (one JSON object per line, json_format.MessageToJson, instead of tables).
+
+Exit codes: 0 success; 1 the job ended FAILED/CANCELLED or the dataset has bad rows; 2 usage, local or
+gRPC errors (printed as `error: CODE: details` plus the field violations of the status details).
+Also runnable as `python -m lmforge.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from lmforge.client import (
+    DEFAULT_ADDRESS,
+    TERMINAL_STATES,
+    TrainerClient,
+    checkpoint_kind_name,
+    dataset_format_name,
+    job_state_name,
+    load_request_file,
+    parse_dataset_format,
+    parse_job_state,
+    to_start_training_request,
+)
+from lmforge.v1 import common_pb2, trainer_pb2
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+METHODS = ("pretrain", "continued_pretrain", "sft", "reward", "dpo", "rft", "grpo", "ppo", "distill")
+ADAPTERS = {"full": "ADAPTER_FULL", "lora": "ADAPTER_LORA", "qlora": "ADAPTER_QLORA"}
+
+
+# ------------------------------------------------------------------------------------ pure formatting
+
+
+def format_eta(seconds: float | None) -> str:
+    """35 -> "0:35", 3725 -> "1:02:05"; None, negative or NaN -> "?"."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_progress_line(step: int, total_steps: int, values: dict[str, float], bar_width: int = 10) -> str:
+    """`[#####.....] 42% step 21/50 loss 1.234 lr 1.9e-04 3,210 tok/s ETA 0:35` (bar_width=0: no bar).
+
+    `values` is a MetricsEvent's map (TRL names: loss, learning_rate, tokens_per_second, progress,
+    eta_seconds); parts whose value is missing are left out.
+    """
+    progress = values.get("progress")
+    if progress is None and total_steps > 0:
+        progress = step / total_steps
+    parts: list[str] = []
+    if progress is not None:
+        progress = min(max(progress, 0.0), 1.0)
+        if bar_width > 0:
+            filled = min(bar_width, math.ceil(progress * bar_width - 1e-9))
+            parts.append("[" + "#" * filled + "." * (bar_width - filled) + "]")
+        parts.append(f"{int(progress * 100 + 1e-9)}%")
+    parts.append(f"step {step}/{total_steps}" if total_steps > 0 else f"step {step}")
+    if "loss" in values:
+        parts.append(f"loss {values['loss']:.3f}")
+    if "learning_rate" in values:
+        parts.append(f"lr {values['learning_rate']:.1e}")
+    if "tokens_per_second" in values:
+        parts.append(f"{values['tokens_per_second']:,.0f} tok/s")
+    if "eta_seconds" in values:
+        parts.append(f"ETA {format_eta(values['eta_seconds'])}")
+    return " ".join(parts)
+
+
+def format_number(value: float) -> str:
+    """Compact metric value: 1.234, 0.0002 -> 2.0e-04, 1234567 -> 1.23e+06."""
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+        return f"{value:.2e}" if abs(value) >= 1e6 else f"{value:.1e}"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def format_metrics_line(event: trainer_pb2.TrainingEvent, total_steps: int = 0, bar_width: int = 0) -> str:
+    """One line for a metrics event: the progress line for train metrics, `eval step N: k v ...` for eval."""
+    metrics = event.metrics
+    values = dict(metrics.values)
+    total = metrics.total_steps or total_steps
+    if metrics.phase == "eval":
+        shown = " ".join(f"{k} {format_number(v)}" for k, v in sorted(values.items()))
+        return f"eval step {event.step}: {shown}".rstrip(": ")
+    return format_progress_line(event.step, total, values, bar_width=bar_width)
+
+
+def format_violation(v: common_pb2.FieldViolation) -> str:
+    """`row 7  messages[1].role  <reason>  hint: <hint>` (`file` instead of `row N` for row 0)."""
+    parts = [f"row {v.row}" if v.row else "file", v.field or "-", v.reason]
+    if v.hint:
+        parts.append(f"hint: {v.hint}")
+    return "  ".join(parts)
+
+
+def format_event_line(event: trainer_pb2.TrainingEvent, total_steps: int = 0) -> str:
+    """A one-line, human description of any event (metrics without a bar)."""
+    kind = event.WhichOneof("payload")
+    if kind == "metrics":
+        return format_metrics_line(event, total_steps)
+    if kind == "state_change":
+        sc = event.state_change
+        line = f"state: {job_state_name(sc.state)}"
+        return f"{line} ({sc.message})" if sc.message else line
+    if kind == "checkpoint_saved":
+        ckpt = event.checkpoint_saved.checkpoint
+        extra = ", final" if ckpt.is_final else ""
+        return f"checkpoint saved: {ckpt.id} (step {ckpt.step or event.step}, {checkpoint_kind_name(ckpt.kind)}{extra})"
+    if kind == "log":
+        return f"log [{event.log.level or 'INFO'}] {event.log.message}"
+    return f"event {event.sequence}"
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces, header first; no trailing spaces."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> "1.5 KiB"."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # unreachable
+
+
+def format_timestamp(ts) -> str:
+    """A google.protobuf.Timestamp as `YYYY-MM-DD HH:MM:SS` UTC; "-" when unset."""
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    return datetime.fromtimestamp(ts.seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def to_json(message) -> str:
+    """One-line JSON of a message, field names as in the proto (the same names request files use)."""
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+
+
+def status_detail_lines(blob: bytes) -> list[str]:
+    """The field violations carried by a `grpc-status-details-bin` trailer (a google.rpc.Status).
+
+    Understands google.rpc.BadRequest, PreconditionFailure, ErrorInfo and lmforge.v1.ErrorDetail; needs
+    googleapis-common-protos, and returns [] without it (the status details string is printed anyway).
+    """
+    try:
+        from google.rpc import error_details_pb2, status_pb2
+    except ImportError:
+        return []
+    try:
+        status = status_pb2.Status.FromString(blob)
+    except Exception:  # a malformed trailer must not hide the error itself
+        return []
+    lines: list[str] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            lines += [f"  {fv.field}: {fv.description}" for fv in bad.field_violations]
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            pf = error_details_pb2.PreconditionFailure()
+            detail.Unpack(pf)
+            lines += [f"  {v.subject or v.type}: {v.description}" for v in pf.violations]
+        elif detail.Is(common_pb2.ErrorDetail.DESCRIPTOR):
+            ed = common_pb2.ErrorDetail()
+            detail.Unpack(ed)
+            lines += ["  " + format_violation(v) for v in ed.violations]
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.reason:
+                lines.append(f"  reason: {info.reason}")
+    return lines
+
+
+def format_rpc_error(err: grpc.RpcError) -> list[str]:
+    """`error: CODE: details` then one line per field violation found in the trailing metadata."""
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    name = code.name if code is not None else "UNKNOWN"
+    details = err.details() if callable(getattr(err, "details", None)) else str(err)
+    lines = [f"error: {name}: {details}" if details else f"error: {name}"]
+    trailers = err.trailing_metadata() if callable(getattr(err, "trailing_metadata", None)) else None
+    for key, value in trailers or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            lines += status_detail_lines(value)
+    return lines
+
+
+def job_outcome_lines(job: trainer_pb2.Job) -> list[str]:
+    """`final state: X`, then `result checkpoint: ID` on success or the error and its violations."""
+    lines = [f"final state: {job_state_name(job.state)}"]
+    if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
+        if job.result_checkpoint_id:
+            lines.append(f"result checkpoint: {job.result_checkpoint_id}")
+    elif job.HasField("error") and (job.error.message or job.error.code):
+        lines.append(f"error: {job.error.code or 'UNKNOWN'}: {job.error.message}")
+        lines += ["  " + format_violation(v) for v in job.error.violations]
+        if job.error.log_tail:
+            lines.append("log tail:")
+            lines += ["  " + line for line in job.error.log_tail.rstrip().splitlines()]
+    return lines
+
+
+# ---------------------------------------------------------------------------- train request building
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _get(d: dict, key: str, default=None):
+    if key in d:
+        return d[key]
+    return d.get(_camel(key), default)
+
+
+def _set_path(d: dict, path: Sequence[str], value: Any) -> None:
+    """d[path] = value using proto names; a camelCase spelling of the same field is replaced."""
+    for key in path[:-1]:
+        if _camel(key) in d and key not in d:
+            d[key] = d.pop(_camel(key))
+        child = d.get(key)
+        if not isinstance(child, dict):
+            child = d[key] = {}
+        d = child
+    leaf = path[-1]
+    if _camel(leaf) != leaf:
+        d.pop(_camel(leaf), None)
+    d[leaf] = value
+
+
+# flag dest -> field path in StartTrainingRequest
+TRAIN_FLAG_FIELDS: dict[str, tuple[str, ...]] = {
+    "base_model": ("base_model_id",),
+    "dataset": ("dataset_id",),
+    "name": ("display_name",),
+    "rank": ("adapter", "rank"),
+    "alpha": ("adapter", "alpha"),
+    "epochs": ("hyperparameters", "num_epochs"),
+    "max_steps": ("hyperparameters", "max_steps"),
+    "lr": ("hyperparameters", "learning_rate"),
+    "batch_size": ("hyperparameters", "batch_size"),
+    "grad_accum": ("hyperparameters", "gradient_accumulation_steps"),
+    "max_seq_length": ("hyperparameters", "max_seq_length"),
+    "packing": ("hyperparameters", "packing"),
+    "seed": ("hyperparameters", "seed"),
+    "save_every": ("checkpoints", "every_steps"),
+    "eval_split": ("eval", "split_ratio"),
+}
+
+
+def apply_train_overrides(request: dict, args: argparse.Namespace) -> dict:
+    """A copy of a request dict (from a YAML/JSON file, proto field names) with the train flags applied.
+
+    Flags win over file values; flags left unset keep them. With neither a method in the file nor
+    --method, the method is sft.
+    """
+    import copy
+
+    out = copy.deepcopy(request)
+    for dest, path in TRAIN_FLAG_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            _set_path(out, path, value)
+    if getattr(args, "adapter", None):
+        _set_path(out, ("adapter", "type"), ADAPTERS[args.adapter])
+    for label in getattr(args, "label", None) or []:
+        key, _, value = label.partition("=")
+        _set_path(out, ("labels", key), value)
+
+    present = [m for m in METHODS if m in out or _camel(m) in out]
+    method = getattr(args, "method", None)
+    if method:
+        method = method.replace("-", "_")
+        body = _get(out, method, None)
+        for m in METHODS:
+            out.pop(m, None)
+            out.pop(_camel(m), None)
+        out[method] = body if isinstance(body, dict) else {}
+    elif not present:
+        out["sft"] = {}
+    return out
+
+
+def build_train_request(request: dict, args: argparse.Namespace) -> trainer_pb2.StartTrainingRequest:
+    """File dict + flags -> StartTrainingRequest (json_format.ParseError on unknown fields/bad values)."""
+    return to_start_training_request(apply_train_overrides(request, args))
+
+
+# ------------------------------------------------------------------------------------- event printing
+
+
+class EventPrinter:
+    """Prints a job's events: a live progress line redrawn with \\r on a TTY, one line per event otherwise
+    (and one JSON object per event in --json mode). State changes, checkpoints and logs get own lines."""
+
+    def __init__(self, out: TextIO, *, tty: bool, json_mode: bool, total_steps: int = 0):
+        self.out = out
+        self.tty = tty and not json_mode
+        self.json_mode = json_mode
+        self.total_steps = total_steps
+        self._progress = ""  # the progress line currently drawn (TTY only)
+
+    def _clear(self) -> None:
+        if self._progress:
+            self.out.write("\r" + " " * len(self._progress) + "\r")
+
+    def line(self, text: str) -> None:
+        self._clear()
+        self.out.write(text + "\n")
+        if self._progress:
+            self.out.write(self._progress)
+        self.out.flush()
+
+    def handle(self, event: trainer_pb2.TrainingEvent) -> None:
+        if self.json_mode:
+            self.out.write(to_json(event) + "\n")
+            self.out.flush()
+            return
+        kind = event.WhichOneof("payload")
+        if kind == "metrics" and event.metrics.total_steps:
+            self.total_steps = event.metrics.total_steps
+        if kind == "metrics" and self.tty and event.metrics.phase != "eval":
+            text = format_metrics_line(event, self.total_steps, bar_width=10)
+            self.out.write("\r" + text.ljust(len(self._progress)))
+            self._progress = text
+            self.out.flush()
+            return
+        self.line(format_event_line(event, self.total_steps))
+
+    def finish(self) -> None:
+        if self._progress:
+            self.out.write("\n")
+            self._progress = ""
+            self.out.flush()
+
+
+def follow_job(client: TrainerClient, job_id: str, *, after: int = 0, follow: bool = True,
+               json_mode: bool = False, out: TextIO | None = None) -> int:
+    """Print the job's events, then its outcome. 0 if SUCCEEDED (or still running without follow), else 1."""
+    out = out or sys.stdout
+    printer = EventPrinter(out, tty=out.isatty(), json_mode=json_mode)
+    try:
+        for event in client.stream_metrics(job_id, after_sequence=after, follow=follow):
+            printer.handle(event)
+    finally:
+        printer.finish()
+    job = client.get_job(job_id)
+    if json_mode:
+        out.write(to_json(job) + "\n")
+    else:
+        out.write("\n".join(job_outcome_lines(job)) + "\n")
+    out.flush()
+    if job.state in TERMINAL_STATES and job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def _print_json_lines(messages: Iterable) -> None:
+    for m in messages:
+        print(to_json(m))
+
+
+def _job_row(job: trainer_pb2.Job) -> list:
+    step = f"{job.current_step}/{job.total_steps}" if job.total_steps else str(job.current_step)
+    loss = job.latest_metrics.get("loss")
+    return [job.id, job.display_name or "-", job_state_name(job.state), job.method or "-", step,
+            "-" if loss is None else f"{loss:.3f}", format_timestamp(job.created_at),
+            job.result_checkpoint_id or "-"]
+
+
+def _resolve_dataset(client: TrainerClient, ref: str) -> str:
+    """A dataset id from an id or an existing local file (uploaded first; the note goes to stderr)."""
+    if ref and Path(ref).is_file():
+        ds = client.upload_dataset(ref)
+        print(f"uploaded {ref} as dataset {ds.id} ({format_bytes(ds.size_bytes)})", file=sys.stderr)
+        return ds.id
+    return ref
+
+
+def cmd_train(client: TrainerClient, args: argparse.Namespace) -> int:
+    base = load_request_file(args.file) if args.file else {}
+    request = apply_train_overrides(base, args)
+    dataset = _get(request, "dataset_id", "")
+    if not isinstance(dataset, str) or not dataset or dataset.startswith("<"):
+        print("error: no dataset: pass --dataset ID-or-local-path (or set dataset_id in the file)", file=sys.stderr)
+        return EXIT_ERROR
+    for key in ("base_model_id", "display_name"):
+        value = _get(request, key, "")
+        if isinstance(value, str) and value.startswith("<"):
+            print(f"error: {key} is still the placeholder {value!r}; set it with a flag", file=sys.stderr)
+            return EXIT_ERROR
+    _set_path(request, ("dataset_id",), _resolve_dataset(client, dataset))
+    job = client.start_training(to_start_training_request(request))
+    if args.json:
+        print(to_json(job), flush=True)
+    else:
+        print(job.id, flush=True)
+    if not args.follow:
+        return EXIT_OK
+    return follow_job(client, job.id, json_mode=args.json)
+
+
+def cmd_jobs(client: TrainerClient, args: argparse.Namespace) -> int:
+    if args.jobs_cmd == "list":
+        states = [s for arg in (args.state or []) for s in arg.split(",") if s]
+        jobs = client.list_jobs(states=[parse_job_state(s) for s in states])
+        if args.json:
+            _print_json_lines(jobs)
+        else:
+            print(format_table(["ID", "NAME", "STATE", "METHOD", "STEP", "LOSS", "CREATED", "RESULT"],
+                               (_job_row(j) for j in jobs)))
+        return EXIT_OK
+    if args.jobs_cmd == "get":
+        job = client.get_job(args.job_id)
+        if args.json:
+            print(to_json(job))
+            return EXIT_OK
+        req = job.request
+        rows = [
+            ("id", job.id), ("name", job.display_name or "-"), ("state", job_state_name(job.state)),
+            ("method", job.method or "-"), ("base model", req.base_model_id or "-"),
+            ("dataset", req.dataset_id or "-"), ("device", job.device or "-"),
+            ("step", f"{job.current_step}/{job.total_steps}"), ("created", format_timestamp(job.created_at)),
+            ("started", format_timestamp(job.started_at)), ("finished", format_timestamp(job.finished_at)),
+            ("last sequence", job.last_sequence),
+        ]
+        rows += [(f"metric {k}", format_number(v)) for k, v in sorted(job.latest_metrics.items())]
+        rows += [("checkpoint", c) for c in job.checkpoint_ids]
+        if job.result_checkpoint_id:
+            rows.append(("result checkpoint", job.result_checkpoint_id))
+        print(format_table(["FIELD", "VALUE"], rows))
+        if job.HasField("error") and (job.error.message or job.error.code):
+            print("\n".join(job_outcome_lines(job)[1:]))
+        return EXIT_OK
+    if args.jobs_cmd == "cancel":
+        job = client.cancel_job(args.job_id)
+        print(to_json(job) if args.json else f"{job.id}: {job_state_name(job.state)}")
+        return EXIT_OK
+    raise AssertionError(args.jobs_cmd)
+
+
+def cmd_metrics(client: TrainerClient, args: argparse.Namespace) -> int:
+    return follow_job(client, args.job_id, after=args.after, follow=args.follow, json_mode=args.json)
+
+
+def cmd_checkpoints(client: TrainerClient, args: argparse.Namespace) -> int:
+    ckpts = client.list_checkpoints(job_id=args.job or "", kind=args.kind or 0, base_model_id=args.base_model or "")
+    if args.json:
+        _print_json_lines(ckpts)
+        return EXIT_OK
+    rows = [[c.id, checkpoint_kind_name(c.kind), c.base_model_id or "-", c.method or "-", c.job_id or "-",
+             c.step, "yes" if c.is_final else "", format_bytes(c.size_bytes), format_timestamp(c.created_at)]
+            for c in ckpts]
+    print(format_table(["ID", "KIND", "BASE MODEL", "METHOD", "JOB", "STEP", "FINAL", "SIZE", "CREATED"], rows))
+    return EXIT_OK
+
+
+def validation_report_lines(report: trainer_pb2.ValidationReport) -> list[str]:
+    """Every violation (`row 7  messages[1].role  reason  hint: ...`), then the counts and the verdict."""
+    lines = [format_violation(v) for v in report.violations]
+    if report.truncated:
+        lines.append(f"... more violations not listed (showing {len(report.violations)})")
+    lines.append(f"format {dataset_format_name(report.format)}: {report.total_rows} rows, "
+                 f"{report.valid_rows} valid, {report.bad_rows} bad")
+    lines.append("ok" if report.ok else "not ok")
+    return lines
+
+
+def cmd_datasets(client: TrainerClient, args: argparse.Namespace) -> int:
+    if args.datasets_cmd == "upload":
+        ds = client.upload_dataset(args.path, name=args.name)
+        if args.json:
+            print(to_json(ds))
+        else:
+            print(ds.id)
+            print(f"uploaded {ds.name} ({format_bytes(ds.size_bytes)}, sha256 {ds.sha256[:12]})", file=sys.stderr)
+        return EXIT_OK
+    if args.datasets_cmd == "list":
+        datasets = client.list_datasets()
+        if args.json:
+            _print_json_lines(datasets)
+        else:
+            fmt = lambda f: trainer_pb2.FileFormat.Name(f).removeprefix("FILE_FORMAT_").lower()  # noqa: E731
+            print(format_table(["ID", "NAME", "FORMAT", "SIZE", "SHA256", "CREATED"],
+                               [[d.id, d.name, fmt(d.file_format), format_bytes(d.size_bytes), d.sha256[:12],
+                                 format_timestamp(d.created_at)] for d in datasets]))
+        return EXIT_OK
+    if args.datasets_cmd == "validate":
+        dataset_id = _resolve_dataset(client, args.dataset)
+        report = client.validate_dataset(dataset_id, method=args.method, format=parse_dataset_format(args.format),
+                                         max_violations=args.max_violations)
+        if args.json:
+            print(to_json(report))
+        else:
+            print("\n".join(validation_report_lines(report)))
+        return EXIT_OK if report.ok else EXIT_FAILED
+    raise AssertionError(args.datasets_cmd)
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Global options work before or after the subcommand: the subparsers' copies default to SUPPRESS so
+    # they only override what the main parser set when given.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--address", default=argparse.SUPPRESS,
+                        help="trainer HOST:PORT (default $LMFORGE_TRAINER_ADDRESS or %s)" % DEFAULT_ADDRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON (one object per line) instead of tables")
+
+    parser = argparse.ArgumentParser(prog="lmforge", description="Client of the lmforge trainer service.")
+    parser.add_argument("--address", default=os.environ.get("LMFORGE_TRAINER_ADDRESS") or DEFAULT_ADDRESS,
+                        help="trainer HOST:PORT (default $LMFORGE_TRAINER_ADDRESS or %s)" % DEFAULT_ADDRESS)
+    parser.add_argument("--json", action="store_true", default=False,
+                        help="print JSON (one object per line) instead of tables")
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each unary call, seconds")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", parents=[common], help="start a training job",
+                           description="Start a job from a YAML/JSON request file and/or flags (flags win).")
+    train.add_argument("-f", "--file", help="StartTrainingRequest as YAML or JSON (proto field names)")
+    train.add_argument("--base-model", help="store id of the model to train")
+    train.add_argument("--dataset", help="dataset id, or a local file to upload first")
+    train.add_argument("--method", choices=[*METHODS, "continued-pretrain"], help="training method (default sft)")
+    train.add_argument("--adapter", choices=sorted(ADAPTERS), help="which weights to train")
+    train.add_argument("--rank", type=int, help="LoRA rank")
+    train.add_argument("--alpha", type=float, help="LoRA alpha")
+    train.add_argument("--epochs", type=float, help="passes over the data (ignored with --max-steps)")
+    train.add_argument("--max-steps", type=int, help="optimizer steps")
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--batch-size", type=int, help="per-device micro-batch")
+    train.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    train.add_argument("--max-seq-length", type=int, help="tokens per example")
+    train.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                       help="pack short examples into each sequence")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--save-every", type=int, help="save a checkpoint every N steps")
+    train.add_argument("--eval-split", type=float, help="fraction of rows held out for evaluation")
+    train.add_argument("--name", help="display name")
+    train.add_argument("--label", action="append", metavar="KEY=VALUE", help="job label (repeatable)")
+    train.add_argument("--follow", action="store_true", help="then follow the metrics like `lmforge metrics`")
+    train.set_defaults(func=cmd_train)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list, show or cancel jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_cmd", required=True, metavar="ACTION")
+    jl = jobs_sub.add_parser("list", parents=[common], help="jobs, newest first")
+    jl.add_argument("--state", action="append", help="only jobs in this state (repeatable or comma-separated)")
+    jg = jobs_sub.add_parser("get", parents=[common], help="one job in detail")
+    jg.add_argument("job_id")
+    jc = jobs_sub.add_parser("cancel", parents=[common], help="stop a job")
+    jc.add_argument("job_id")
+    jobs.set_defaults(func=cmd_jobs)
+
+    metrics = sub.add_parser("metrics", parents=[common], help="follow a job's events until it ends")
+    metrics.add_argument("job_id")
+    metrics.add_argument("--after", type=int, default=0, help="only events with a sequence above N")
+    metrics.add_argument("--no-follow", dest="follow", action="store_false", help="print what exists and stop")
+    metrics.set_defaults(func=cmd_metrics)
+
+    ckpt = sub.add_parser("checkpoints", parents=[common], help="list checkpoints in the store")
+    ckpt.add_argument("--job", help="only this job's")
+    ckpt.add_argument("--kind", choices=["base", "full", "adapter"])
+    ckpt.add_argument("--base-model", help="only those trained from this model")
+    ckpt.set_defaults(func=cmd_checkpoints)
+
+    ds = sub.add_parser("datasets", parents=[common], help="upload, list and validate datasets")
+    ds_sub = ds.add_subparsers(dest="datasets_cmd", required=True, metavar="ACTION")
+    du = ds_sub.add_parser("upload", parents=[common], help="upload a JSONL/JSON/Parquet/CSV file")
+    du.add_argument("path")
+    du.add_argument("--name", help="stored name (default: the file name)")
+    ds_sub.add_parser("list", parents=[common], help="stored datasets")
+    dv = ds_sub.add_parser("validate", parents=[common], help="check every row; exit 1 if any is bad")
+    dv.add_argument("dataset", metavar="ID-or-PATH", help="dataset id, or a local file to upload first")
+    dv.add_argument("--method", default="sft")
+    dv.add_argument("--format", default="auto",
+                    help="messages, alpaca, sharegpt, prompt_completion, text, preference or auto")
+    dv.add_argument("--max-violations", type=int, default=1000)
+    ds.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import yaml
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with TrainerClient(args.address, timeout=args.timeout) as client:
+            return args.func(client, args)
+    except grpc.RpcError as err:
+        sys.stdout.flush()
+        print("\n".join(format_rpc_error(err)), file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, ValueError, json_format.ParseError, yaml.YAMLError) as err:  # bad file, bad enum name, bad field
+        sys.stdout.flush()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Dataset and file formats, and which dataset formats each training method accepts (DESIGN.md §4).
+
+Names follow TRL, LLaMA-Factory and verl: `messages`, alpaca, sharegpt, `prompt`/`completion`, `text`,
+and `prompt`/`chosen`/`rejected` for preference data. Pure Python; raises InvalidArgument only.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import PurePath
+
+from services.common.errors import invalid_field
+
+
+class DatasetFormat(str, Enum):
+    AUTO = "auto"
+    MESSAGES = "messages"
+    ALPACA = "alpaca"
+    SHAREGPT = "sharegpt"
+    PROMPT_COMPLETION = "prompt_completion"
+    TEXT = "text"
+    PREFERENCE = "preference"
+
+
+class FileFormat(str, Enum):
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+    CSV = "csv"
+
+
+# ".json" is read as JSON lines, as `datasets.load_dataset("json")` does for one object per line.
+_EXTENSIONS: dict[str, FileFormat] = {
+    ".jsonl": FileFormat.JSONL,
+    ".json": FileFormat.JSONL,
+    ".parquet": FileFormat.PARQUET,
+    ".csv": FileFormat.CSV,
+}
+
+SFT_FORMATS: tuple[DatasetFormat, ...] = (
+    DatasetFormat.MESSAGES,
+    DatasetFormat.ALPACA,
+    DatasetFormat.SHAREGPT,
+    DatasetFormat.PROMPT_COMPLETION,
+)
+
+METHOD_FORMATS: dict[str, tuple[DatasetFormat, ...]] = {
+    "sft": SFT_FORMATS,
+    "pretrain": (DatasetFormat.TEXT,),
+    "continued_pretrain": (DatasetFormat.TEXT,),
+    "dpo": (DatasetFormat.PREFERENCE,),
+    "reward": (DatasetFormat.PREFERENCE,),
+}
+
+# The keys that identify each format, in detection order: the most specific first, so a preference
+# row (prompt+chosen+rejected) is not taken for something else and `messages` wins over a stray `text`.
+FORMAT_KEYS: dict[DatasetFormat, tuple[str, ...]] = {
+    DatasetFormat.MESSAGES: ("messages",),
+    DatasetFormat.SHAREGPT: ("conversations",),
+    DatasetFormat.ALPACA: ("instruction", "output"),
+    DatasetFormat.PREFERENCE: ("prompt", "chosen", "rejected"),
+    DatasetFormat.PROMPT_COMPLETION: ("prompt", "completion"),
+    DatasetFormat.TEXT: ("text",),
+}
+
+
+def file_format_from_name(name: str) -> FileFormat:
+    """The file format from a file name's extension (.jsonl, .json as JSON lines, .parquet, .csv).
+
+    Raises InvalidArgument (field "name") for any other extension.
+    """
+    suffix = PurePath(str(name)).suffix.lower()
+    try:
+        return _EXTENSIONS[suffix]
+    except KeyError:
+        supported = ", ".join(_EXTENSIONS)
+        raise invalid_field(
+            "name",
+            f"unsupported file extension {suffix or '(none)'!r} in {str(name)!r}",
+            f"use one of {supported} (.json is read as JSON lines)",
+        ) from None
+
+
+def formats_for_method(method: str) -> tuple[DatasetFormat, ...]:
+    """The dataset formats `method` accepts. Raises InvalidArgument (field "method") if unknown."""
+    try:
+        return METHOD_FORMATS[method]
+    except KeyError:
+        raise invalid_field(
+            "method",
+            f"unknown training method {method!r}",
+            f"use one of {', '.join(METHOD_FORMATS)}",
+        ) from None
+
+
+def expected_fields(fmt: DatasetFormat) -> str:
+    """Human-readable field names of one format, e.g. "instruction + output"."""
+    return " + ".join(FORMAT_KEYS[fmt])
+
+
+def detect_format(row: dict, allowed=None) -> DatasetFormat | None:
+    """The first format in `allowed` (default: all) whose identifying keys are all in `row`, else None."""
+    if not isinstance(row, dict):
+        return None
+    candidates = tuple(allowed) if allowed is not None else tuple(FORMAT_KEYS)
+    for fmt in FORMAT_KEYS:
+        if fmt in candidates and all(key in row for key in FORMAT_KEYS[fmt]):
+            return fmt
+    return None

@@ -1,0 +1,94 @@
+"""`lmforge-trainer`: run the trainer gRPC service.
+
+    lmforge-trainer --port 50051                     # state in $LMFORGE_HOME (default .lmforge)
+    lmforge-trainer --port 0 --slots 2               # any free port; two concurrent CPU jobs
+
+Prints `lmforge-trainer listening on HOST:PORT` once it serves. SIGTERM/SIGINT drain in-flight calls,
+stop running workers (their jobs fail with a message saying why) and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from lmforge.v1 import trainer_pb2, trainer_pb2_grpc
+from services.common.grpc_server import ServerHandle, start_server
+from services.common.logging import configure_logging, get_logger
+from services.common.store import CheckpointStore
+from services.trainer.datasets import DatasetRegistry
+from services.trainer.jobs import JobManager, ManagerConfig, detect_devices
+from services.trainer.servicer import TrainerServicer
+
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+log = get_logger(__name__)
+
+
+def lmforge_home() -> Path:
+    return Path(os.environ.get("LMFORGE_HOME", ".lmforge"))
+
+
+class TrainerServer:
+    """The assembled service; tests build one in-process on port 0."""
+
+    def __init__(self, home: Path, store_root: Path, *, host: str = "127.0.0.1", port: int = 0,
+                 slots: int = 0, cancel_grace_seconds: float = 10.0):
+        devices = detect_devices()
+        if slots and devices == ["cpu"]:
+            devices = ["cpu"] * slots
+        elif slots:
+            devices = devices[:slots]
+        self.store = CheckpointStore(store_root)
+        self.datasets = DatasetRegistry(home / "datasets")
+        self.jobs = JobManager(ManagerConfig(home=home, store_root=self.store.root, devices=devices,
+                                             cancel_grace_seconds=cancel_grace_seconds))
+        servicer = TrainerServicer(self.jobs, self.store, self.datasets, gpu=devices[0] != "cpu")
+        self.handle: ServerHandle = start_server(
+            lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
+            [SERVICE_NAME], host=host, port=port)
+        self.jobs.start()
+        self.handle.set_serving(True)
+        self.address = f"{host}:{self.handle.port}"
+        log.info("trainer serving", address=self.address, devices=devices, home=str(home),
+                 store=str(self.store.root))
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        self.handle.set_serving(False)
+        self.jobs.shutdown(grace_seconds)
+        self.handle.stop(grace_seconds)
+        self.jobs.db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmforge-trainer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LMFORGE_TRAINER_PORT", "50051")))
+    parser.add_argument("--home", type=Path, default=None, help="state directory (default $LMFORGE_HOME/trainer)")
+    parser.add_argument("--store", type=Path, default=None, help="checkpoint store (default $LMFORGE_HOME/store)")
+    parser.add_argument("--slots", type=int, default=0,
+                        help="concurrent jobs (default: one per visible GPU, or 1 on CPU)")
+    parser.add_argument("--cancel-grace", type=float, default=10.0,
+                        help="seconds a cancelled worker gets to stop before SIGKILL")
+    args = parser.parse_args(argv)
+    configure_logging()
+    home = args.home or lmforge_home() / "trainer"
+    store = args.store or Path(os.environ.get("LMFORGE_STORE", lmforge_home() / "store"))
+    server = TrainerServer(home, store, host=args.host, port=args.port, slots=args.slots,
+                           cancel_grace_seconds=args.cancel_grace)
+    print(f"lmforge-trainer listening on {server.address}", flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    log.info("shutting down")
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

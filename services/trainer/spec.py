@@ -1,0 +1,117 @@
+"""Typed training specs: the schema of a job (DESIGN.md §5.3).
+
+`services.trainer.convert` builds these from the proto request, filling defaults and checking every
+field (all violations reported at once). The worker receives the same dataclasses as JSON, so recipes
+never see protobuf. Method-specific settings live in one dataclass per method (`SftConfig`, ...);
+the adapter choice (`AdapterConfig`) is orthogonal to the method.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Every training method of the mission, in the order of the proto's `oneof method`.
+ALL_METHODS = ("pretrain", "continued_pretrain", "sft", "reward", "dpo", "rft", "grpo", "ppo", "distill")
+
+
+@dataclass
+class AdapterConfig:
+    """full / lora / qlora, resolved into peft + bitsandbytes objects in recipes/adapters.py only."""
+
+    type: str = "lora"  # "full" | "lora" | "qlora"
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=list)  # empty: every linear layer
+    quant_type: str = "nf4"  # qlora: "nf4" | "fp4"
+    double_quant: bool = True
+    compute_dtype: str = ""  # "" = bfloat16 on GPUs with bf16, else float32
+
+    @property
+    def is_peft(self) -> bool:
+        return self.type in ("lora", "qlora")
+
+
+@dataclass
+class Hyperparameters:
+    num_epochs: float = 1.0
+    max_steps: int = 0  # 0: derived from num_epochs
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_seq_length: int = 1024
+    packing: bool = False
+    seed: int = 42
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    logging_steps: int = 1
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class EvalConfig:
+    split_ratio: float = 0.0
+    eval_dataset_id: str = ""
+    every_steps: int = 0
+
+
+@dataclass
+class SftConfig:
+    format: str = "auto"
+    train_on_prompt: bool = False
+    default_system_prompt: str = ""
+
+
+@dataclass
+class DatasetFile:
+    """A stored dataset as the worker reads it (paths are resolved on the server, never sent by clients)."""
+
+    dataset_id: str
+    path: str
+    file_format: str  # jsonl | parquet | csv
+    format: str  # detected row format, e.g. "messages"
+
+
+@dataclass
+class TrainingSpec:
+    """Everything a worker needs to run one job."""
+
+    job_id: str
+    method: str
+    base_model_id: str
+    dataset: DatasetFile
+    method_config: SftConfig
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval_dataset: DatasetFile | None = None
+    save_every_steps: int = 0
+    store_root: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingSpec:
+        data = json.loads(text)
+        method_configs = {"sft": SftConfig}
+        eval_dataset = data.pop("eval_dataset")
+        return cls(
+            **{k: v for k, v in data.items()
+               if k not in ("dataset", "method_config", "adapter", "hyperparameters", "eval")},
+            dataset=DatasetFile(**data["dataset"]),
+            method_config=method_configs[data["method"]](**data["method_config"]),
+            adapter=AdapterConfig(**data["adapter"]),
+            hyperparameters=Hyperparameters(**data["hyperparameters"]),
+            eval=EvalConfig(**data["eval"]),
+            eval_dataset=DatasetFile(**eval_dataset) if eval_dataset else None,
+        )
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.to_json(), encoding="utf-8")

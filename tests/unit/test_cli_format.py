@@ -1,0 +1,359 @@
+"""Fast tests of the client CLI: formatting helpers, request files + flags -> StartTrainingRequest, and the
+command logic against an in-memory fake client (no server, no torch).
+
+Run: .venv/bin/python -m pytest tests/unit/test_cli_format.py -q
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from lmforge import cli
+from lmforge.client import (
+    is_terminal,
+    load_request_file,
+    parse_checkpoint_kind,
+    parse_dataset_format,
+    parse_job_state,
+    to_start_training_request,
+)
+from lmforge.v1 import common_pb2, trainer_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+SFT_LORA = ROOT / "examples" / "jobs" / "sft_lora.yaml"
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+@pytest.mark.parametrize(
+    "seconds, expected",
+    [(0, "0:00"), (35, "0:35"), (35.4, "0:35"), (59.6, "1:00"), (125, "2:05"), (3725, "1:02:05"),
+     (None, "?"), (-1, "?"), (float("nan"), "?"), (float("inf"), "?")],
+)
+def test_format_eta(seconds, expected):
+    assert cli.format_eta(seconds) == expected
+
+
+def test_progress_line_full():
+    values = {"loss": 1.2341, "learning_rate": 1.9e-4, "tokens_per_second": 3210.4, "progress": 0.42,
+              "eta_seconds": 35.2}
+    assert (cli.format_progress_line(21, 50, values)
+            == "[#####.....] 42% step 21/50 loss 1.234 lr 1.9e-04 3,210 tok/s ETA 0:35")
+
+
+def test_progress_line_derives_progress_from_steps_and_skips_missing_values():
+    assert cli.format_progress_line(50, 50, {}) == "[##########] 100% step 50/50"
+    assert cli.format_progress_line(0, 50, {}) == "[..........] 0% step 0/50"
+    assert cli.format_progress_line(5, 0, {"loss": 2.0}) == "step 5 loss 2.000"  # total unknown: no bar
+    assert cli.format_progress_line(1, 4, {}, bar_width=0) == "25% step 1/4"
+    assert cli.format_progress_line(1, 4, {}, bar_width=4) == "[#...] 25% step 1/4"
+
+
+def test_metrics_and_event_lines():
+    train = trainer_pb2.TrainingEvent(sequence=3, step=2, metrics=trainer_pb2.MetricsEvent(
+        phase="train", values={"loss": 0.5}, total_steps=4))
+    assert cli.format_metrics_line(train) == "50% step 2/4 loss 0.500"
+    ev = trainer_pb2.TrainingEvent(sequence=4, step=2, metrics=trainer_pb2.MetricsEvent(
+        phase="eval", values={"eval_loss": 1.5, "eval_perplexity": 4.4817}))
+    assert cli.format_event_line(ev) == "eval step 2: eval_loss 1.5 eval_perplexity 4.482"
+
+    state = trainer_pb2.TrainingEvent(sequence=1, state_change=trainer_pb2.StateChangeEvent(
+        state=trainer_pb2.JOB_STATE_RUNNING, message="on cpu"))
+    assert cli.format_event_line(state) == "state: RUNNING (on cpu)"
+    ckpt = trainer_pb2.TrainingEvent(sequence=9, step=20, checkpoint_saved=trainer_pb2.CheckpointSavedEvent(
+        checkpoint=common_pb2.Checkpoint(id="ad-123", kind=common_pb2.ADAPTER, step=20)))
+    assert cli.format_event_line(ckpt) == "checkpoint saved: ad-123 (step 20, adapter)"
+    log = trainer_pb2.TrainingEvent(sequence=2, log=trainer_pb2.LogEvent(level="WARNING", message="slow"))
+    assert cli.format_event_line(log) == "log [WARNING] slow"
+
+
+def test_format_table():
+    text = cli.format_table(["ID", "STATE"], [["job-1", "RUNNING"], ["j2", None]])
+    assert text.splitlines() == ["ID     STATE", "job-1  RUNNING", "j2"]
+    assert cli.format_table(["A"], []) == "A"
+
+
+def test_format_bytes_and_timestamp():
+    assert cli.format_bytes(512) == "512 B"
+    assert cli.format_bytes(1536) == "1.5 KiB"
+    assert cli.format_bytes(3 * 1024**3) == "3.0 GiB"
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    assert cli.format_timestamp(Timestamp()) == "-"
+    assert cli.format_timestamp(Timestamp(seconds=86400)) == "1970-01-02 00:00:00"
+
+
+def test_format_violation_and_validation_report():
+    v = common_pb2.FieldViolation(row=7, field="messages[1].role", reason="bad role 'human'",
+                                  hint="use system, user or assistant")
+    assert cli.format_violation(v) == "row 7  messages[1].role  bad role 'human'  hint: use system, user or assistant"
+    assert cli.format_violation(common_pb2.FieldViolation(row=2, reason="invalid JSON")) == "row 2  -  invalid JSON"
+    request_level = common_pb2.FieldViolation(field="dataset_id", reason="empty")
+    assert cli.format_violation(request_level) == "file  dataset_id  empty"
+
+    report = trainer_pb2.ValidationReport(ok=False, format=trainer_pb2.DATASET_FORMAT_MESSAGES, total_rows=12,
+                                          valid_rows=11, bad_rows=1, violations=[v])
+    lines = cli.validation_report_lines(report)
+    assert lines[0].startswith("row 7  messages[1].role")
+    assert lines[-2:] == ["format MESSAGES: 12 rows, 11 valid, 1 bad", "not ok"]
+
+
+def test_job_outcome_lines():
+    ok = trainer_pb2.Job(id="j", state=trainer_pb2.JOB_STATE_SUCCEEDED, result_checkpoint_id="ad-9")
+    assert cli.job_outcome_lines(ok) == ["final state: SUCCEEDED", "result checkpoint: ad-9"]
+    failed = trainer_pb2.Job(id="j", state=trainer_pb2.JOB_STATE_FAILED, error=common_pb2.ErrorDetail(
+        code="INVALID_ARGUMENT", message="3 bad rows",
+        violations=[common_pb2.FieldViolation(row=4, field="messages", reason="missing")], log_tail="a\nb\n"))
+    assert cli.job_outcome_lines(failed) == [
+        "final state: FAILED", "error: INVALID_ARGUMENT: 3 bad rows", "  row 4  messages  missing",
+        "log tail:", "  a", "  b"]
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details, trailers=()):
+        self._code, self._details, self._trailers = code, details, trailers
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def trailing_metadata(self):
+        return self._trailers
+
+
+def test_format_rpc_error_without_details():
+    err = FakeRpcError(grpc.StatusCode.NOT_FOUND, "job 'x' not found")
+    assert cli.format_rpc_error(err) == ["error: NOT_FOUND: job 'x' not found"]
+
+
+def test_format_rpc_error_decodes_bad_request_and_error_detail():
+    status_pb2 = pytest.importorskip("google.rpc.status_pb2")
+    error_details_pb2 = pytest.importorskip("google.rpc.error_details_pb2")
+    status = status_pb2.Status(code=3, message="bad request")
+    bad = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field="hyperparameters.batch_size", description="must be > 0")])
+    status.details.add().Pack(bad)
+    status.details.add().Pack(common_pb2.ErrorDetail(violations=[
+        common_pb2.FieldViolation(row=3, field="messages", reason="missing", hint="add messages")]))
+    err = FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad request",
+                       (("grpc-status-details-bin", status.SerializeToString()),))
+    assert cli.format_rpc_error(err) == [
+        "error: INVALID_ARGUMENT: bad request",
+        "  hyperparameters.batch_size: must be > 0",
+        "  row 3  messages  missing  hint: add messages",
+    ]
+    # A garbled trailer never hides the error itself.
+    err = FakeRpcError(grpc.StatusCode.INTERNAL, "boom", (("grpc-status-details-bin", b"\xff\xff"),))
+    assert cli.format_rpc_error(err)[0] == "error: INTERNAL: boom"
+
+
+def test_enum_parsing():
+    assert parse_job_state("running") == trainer_pb2.JOB_STATE_RUNNING
+    assert parse_job_state("JOB_STATE_FAILED") == trainer_pb2.JOB_STATE_FAILED
+    assert parse_job_state(4) == trainer_pb2.JOB_STATE_SUCCEEDED
+    assert parse_dataset_format("messages") == trainer_pb2.DATASET_FORMAT_MESSAGES
+    assert parse_dataset_format("prompt-completion") == trainer_pb2.DATASET_FORMAT_PROMPT_COMPLETION
+    assert parse_dataset_format("auto") == 0
+    assert parse_checkpoint_kind("adapter") == common_pb2.ADAPTER
+    assert parse_checkpoint_kind("base") == common_pb2.BASE_MODEL
+    assert parse_checkpoint_kind("") == 0
+    with pytest.raises(ValueError, match="expected one of"):
+        parse_job_state("sleeping")
+    assert is_terminal("succeeded") and is_terminal(trainer_pb2.JOB_STATE_CANCELLED)
+    assert not is_terminal(trainer_pb2.JOB_STATE_RUNNING)
+
+
+# -------------------------------------------------------------------- request file + flags -> request
+
+
+def _train_args(*flags: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["train", *flags])
+
+
+def test_sample_yaml_parses_into_start_training_request():
+    data = load_request_file(SFT_LORA)
+    req = cli.build_train_request(data, _train_args("--dataset", "ds-1"))
+    assert req.base_model_id == "smollm2-135m-instruct"
+    assert req.dataset_id == "ds-1"
+    assert req.WhichOneof("method") == "sft"
+    assert req.adapter.type == common_pb2.ADAPTER_LORA and req.adapter.rank == 16
+    assert not req.adapter.HasField("alpha")
+    hp = req.hyperparameters
+    assert (hp.max_steps, hp.batch_size, hp.max_seq_length, hp.logging_steps) == (40, 4, 256, 1)
+    assert hp.HasField("learning_rate") and hp.learning_rate == pytest.approx(2e-4)
+    assert req.checkpoints.every_steps == 20
+    assert len(req.request_id) == 32 and int(req.request_id, 16) >= 0  # uuid4 hex, for idempotent retries
+
+
+def test_flags_override_file_values():
+    data = load_request_file(SFT_LORA)
+    args = _train_args("--base-model", "tiny", "--dataset", "ds-2", "--adapter", "qlora", "--rank", "8",
+                       "--alpha", "32", "--max-steps", "3", "--lr", "1e-4", "--batch-size", "2", "--grad-accum", "2",
+                       "--max-seq-length", "128", "--packing", "--seed", "7", "--save-every", "1",
+                       "--eval-split", "0.1", "--epochs", "2", "--name", "demo", "--label", "team=nlp")
+    req = cli.build_train_request(data, args)
+    assert (req.base_model_id, req.dataset_id, req.display_name) == ("tiny", "ds-2", "demo")
+    assert req.adapter.type == common_pb2.ADAPTER_QLORA
+    assert (req.adapter.rank, req.adapter.alpha) == (8, 32.0)
+    hp = req.hyperparameters
+    assert (hp.max_steps, hp.batch_size, hp.gradient_accumulation_steps, hp.max_seq_length) == (3, 2, 2, 128)
+    assert hp.learning_rate == pytest.approx(1e-4) and hp.packing and hp.seed == 7 and hp.num_epochs == 2.0
+    assert hp.logging_steps == 1  # untouched file value survives
+    assert req.checkpoints.every_steps == 1
+    assert req.eval.split_ratio == pytest.approx(0.1)
+    assert dict(req.labels) == {"team": "nlp"}
+    assert data["hyperparameters"]["max_steps"] == 40  # the file dict itself is not modified
+
+
+def test_flags_replace_camel_case_file_fields_and_method():
+    data = {"baseModelId": "a", "datasetId": "d", "dpo": {"beta": 0.1},
+            "hyperparameters": {"maxSteps": 9, "packing": True}}
+    req = cli.build_train_request(data, _train_args("--base-model", "b", "--max-steps", "2", "--no-packing",
+                                                    "--method", "sft"))
+    assert req.base_model_id == "b" and req.hyperparameters.max_steps == 2
+    assert not req.hyperparameters.packing
+    assert req.WhichOneof("method") == "sft"
+
+
+def test_method_defaults_to_sft_and_keeps_file_method_body():
+    assert cli.build_train_request({}, _train_args()).WhichOneof("method") == "sft"
+    req = cli.build_train_request({"sft": {"format": "DATASET_FORMAT_ALPACA"}}, _train_args("--method", "sft"))
+    assert req.sft.format == trainer_pb2.DATASET_FORMAT_ALPACA
+    req = cli.build_train_request({"dpo": {"beta": 0.2}}, _train_args())
+    assert req.WhichOneof("method") == "dpo" and req.dpo.beta == pytest.approx(0.2)
+
+
+def test_json_request_file_and_unknown_field(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"base_model_id": "m", "dataset_id": "d", "sft": {}, "request_id": "fixed"}))
+    req = to_start_training_request(load_request_file(path))
+    assert (req.base_model_id, req.request_id) == ("m", "fixed")
+    with pytest.raises(json_format.ParseError):
+        to_start_training_request({"base_model": "typo"})
+
+
+# --------------------------------------------------------------------- commands against a fake client
+
+
+def _event(seq, **payload):
+    return trainer_pb2.TrainingEvent(sequence=seq, job_id="job-1", **payload)
+
+
+def _events(final_state):
+    return [
+        _event(1, state_change=trainer_pb2.StateChangeEvent(state=trainer_pb2.JOB_STATE_RUNNING)),
+        _event(2, step=1, metrics=trainer_pb2.MetricsEvent(phase="train", values={"loss": 2.0}, total_steps=2)),
+        _event(3, step=2, metrics=trainer_pb2.MetricsEvent(phase="train", values={"loss": 1.0}, total_steps=2)),
+        _event(4, step=2, checkpoint_saved=trainer_pb2.CheckpointSavedEvent(
+            checkpoint=common_pb2.Checkpoint(id="ad-1", kind=common_pb2.ADAPTER, step=2, is_final=True))),
+        _event(5, step=2, state_change=trainer_pb2.StateChangeEvent(state=final_state)),
+    ]
+
+
+class FakeClient:
+    def __init__(self, final_state=trainer_pb2.JOB_STATE_SUCCEEDED):
+        self.final_state = final_state
+        self.started: list[trainer_pb2.StartTrainingRequest] = []
+        self.uploaded: list[str] = []
+
+    def upload_dataset(self, path, name=None):
+        self.uploaded.append(str(path))
+        return trainer_pb2.Dataset(id="ds-uploaded", name=Path(path).name, size_bytes=10)
+
+    def start_training(self, request):
+        self.started.append(request)
+        return trainer_pb2.Job(id="job-1", state=trainer_pb2.JOB_STATE_VALIDATING)
+
+    def stream_metrics(self, job_id, after_sequence=0, follow=True):
+        return iter([e for e in _events(self.final_state) if e.sequence > after_sequence])
+
+    def get_job(self, job_id):
+        job = trainer_pb2.Job(id=job_id, state=self.final_state)
+        if self.final_state == trainer_pb2.JOB_STATE_SUCCEEDED:
+            job.result_checkpoint_id = "ad-1"
+        else:
+            job.error.CopyFrom(common_pb2.ErrorDetail(code="INTERNAL", message="worker died"))
+        return job
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_follow_job_non_tty_prints_one_line_per_event_and_outcome():
+    out = io.StringIO()
+    assert cli.follow_job(FakeClient(), "job-1", out=out) == 0
+    assert out.getvalue().splitlines() == [
+        "state: RUNNING",
+        "50% step 1/2 loss 2.000",
+        "100% step 2/2 loss 1.000",
+        "checkpoint saved: ad-1 (step 2, adapter, final)",
+        "state: SUCCEEDED",
+        "final state: SUCCEEDED",
+        "result checkpoint: ad-1",
+    ]
+
+
+def test_follow_job_tty_redraws_one_progress_line():
+    out = FakeTTY()
+    assert cli.follow_job(FakeClient(), "job-1", after=1, out=out) == 0
+    text = out.getvalue()
+    assert "\r[#####.....] 50% step 1/2 loss 2.000" in text
+    assert "\r[##########] 100% step 2/2 loss 1.000" in text
+    assert "checkpoint saved: ad-1 (step 2, adapter, final)\n" in text
+    assert text.endswith("final state: SUCCEEDED\nresult checkpoint: ad-1\n")
+    assert "state: RUNNING" not in text  # after=1 skips sequence 1
+
+
+def test_follow_job_json_mode_and_failure_exit_code():
+    out = io.StringIO()
+    assert cli.follow_job(FakeClient(trainer_pb2.JOB_STATE_FAILED), "job-1", json_mode=True, out=out) == 1
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["sequence"] for line in lines[:-1]] == ["1", "2", "3", "4", "5"]
+    assert lines[-1]["state"] == "JOB_STATE_FAILED" and lines[-1]["error"]["message"] == "worker died"
+
+    out = io.StringIO()
+    assert cli.follow_job(FakeClient(trainer_pb2.JOB_STATE_CANCELLED), "job-1", out=out) == 1
+    assert "final state: CANCELLED" in out.getvalue()
+
+
+def test_cmd_train_uploads_local_dataset_and_prints_job_id(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": []}\n')
+    client = FakeClient()
+    args = cli.build_parser().parse_args(["train", "-f", str(SFT_LORA), "--dataset", str(data), "--max-steps", "3"])
+    assert cli.cmd_train(client, args) == 0
+    assert client.uploaded == [str(data)]
+    (req,) = client.started
+    assert req.dataset_id == "ds-uploaded" and req.hyperparameters.max_steps == 3
+    assert capsys.readouterr().out.splitlines()[0] == "job-1"
+
+
+def test_cmd_train_without_dataset_is_a_usage_error(capsys):
+    args = cli.build_parser().parse_args(["train", "-f", str(SFT_LORA)])
+    assert cli.cmd_train(FakeClient(), args) == 2
+    assert "--dataset" in capsys.readouterr().err
+
+
+def test_global_options_work_after_the_subcommand(monkeypatch):
+    monkeypatch.setenv("LMFORGE_TRAINER_ADDRESS", "envhost:1")
+    args = cli.build_parser().parse_args(["jobs", "list", "--json", "--address", "h:2"])
+    assert (args.json, args.address) == (True, "h:2")
+    args = cli.build_parser().parse_args(["jobs", "list"])
+    assert (args.json, args.address) == (False, "envhost:1")
+
+
+def test_main_reports_local_errors_with_exit_2(tmp_path, capsys):
+    assert cli.main(["--address", "127.0.0.1:1", "train", "-f", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
