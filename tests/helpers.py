@@ -1,0 +1,40 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+
+def sft_request(base_model_id: str, dataset_id: str, *, adapter: str = "ADAPTER_LORA", max_steps: int = 4,
+                save_every: int = 0, **hyper) -> dict:
+    """A StartTrainingRequest (as the dict form clients send) for a quick SFT job on a tiny model."""
+    return {
+        "base_model_id": base_model_id,
+        "dataset_id": dataset_id,
+        "sft": {},
+        "adapter": {"type": adapter, "rank": 8},
+        "hyperparameters": {"max_steps": max_steps, "batch_size": 4, "max_seq_length": 128, "logging_steps": 1,
+                            **hyper},
+        "checkpoints": {"every_steps": save_every},
+    }
+
+
+def wait_for(predicate, timeout: float = 180.0, interval: float = 0.1, what: str = "condition"):
+    """Poll until predicate() is truthy (returns its value); fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def rpc_code(call) -> grpc.StatusCode:
+    """The status code a unary call fails with (asserts it fails)."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
