@@ -50,8 +50,6 @@ def _explain(result: subprocess.CompletedProcess) -> str:
 
 
 def test_cli_validate_reports_every_bad_row(trainer_server):
-    if not BROKEN.is_file():
-        pytest.skip(f"{BROKEN.relative_to(ROOT)} is missing")
     result = lmforge(trainer_server, "datasets", "validate", str(BROKEN.relative_to(ROOT)), "--method", "sft")
     assert result.returncode == 1, _explain(result)
     rows = {int(n) for n in ROW_LINE.findall(result.stdout)}

@@ -58,6 +58,18 @@ def load_base_for_training(model_dir: Path, adapter: AdapterConfig, precision: P
     return model, lora_config(adapter) if adapter.is_peft else None
 
 
+def describe_loaded_model(model) -> str:
+    """One log line: size, memory footprint and how the weights are held (e.g. "nf4 4-bit")."""
+    quantization = "none"
+    if getattr(model, "is_loaded_in_4bit", False):
+        quantization = f"{model.config.quantization_config.bnb_4bit_quant_type} 4-bit"
+    elif getattr(model, "is_loaded_in_8bit", False):
+        quantization = "int8"
+    parameters = sum(p.numel() for p in model.parameters())
+    return (f"base model loaded: {parameters / 1e6:.1f}M parameters, {model.get_memory_footprint() / 2**20:.1f} MiB, "
+            f"quantization: {quantization}")
+
+
 def lora_config(adapter: AdapterConfig):
     from peft import LoraConfig
 

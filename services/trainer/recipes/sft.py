@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from services.common.errors import InvalidArgument
 from services.trainer.data import DatasetFormat, FileFormat, load_for_training
-from services.trainer.recipes.adapters import load_base_for_training, resolve_precision
+from services.trainer.recipes.adapters import describe_loaded_model, load_base_for_training, resolve_precision
 from services.trainer.recipes.callbacks import standard_callbacks
 from services.trainer.recipes.context import Cancelled, RecipeContext
 from services.trainer.spec import DatasetFile, SftConfig, TrainingSpec
@@ -93,6 +93,7 @@ def run(ctx: RecipeContext) -> str:
     ctx.log(f"loading {spec.base_model_id} for {spec.adapter.type} training on {ctx.device}")
     precision = resolve_precision(spec.hyperparameters, spec.adapter, ctx.device)
     model, peft_config = load_base_for_training(base_dir, spec.adapter, precision, ctx.device)
+    ctx.log(describe_loaded_model(model))
     config = build_sft_config(spec, str(ctx.work_dir / "trainer"), ctx.device, eval_dataset is not None)
     callbacks, checkpointer = standard_callbacks(ctx, tokenizer)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
