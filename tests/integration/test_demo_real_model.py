@@ -1,4 +1,4 @@
-"""The README demo on the real SmolLM2-135M-Instruct (a short run), and the adapter it produces."""
+"""The README demo on the real SmolLM2-135M-Instruct (a short run): train, then chat; and the adapter it made."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def test_demo_trains_a_lora_adapter_on_smollm2(tmp_path, smollm2_store):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "final state: SUCCEEDED" in result.stdout
     adapter_id = re.search(r"trained adapter id: (\S+)", result.stdout).group(1)
+    # ...then it serves the base model and the new adapter and compares their answers.
+    assert "inference service listening on" in result.stdout
+    assert result.stdout.count("base + trained adapter") == 2, result.stdout[-3000:]
 
     # The adapter loads onto the base with peft and the model still answers, in Chinese too.
     import torch
