@@ -8,8 +8,8 @@ Measures, on the same machine and run:
    alternating the two `--repeats` times; the ratio is gRPC / raw (goal >= 0.95);
 2. the memory-bandwidth ceiling: measured copy bandwidth / bytes of weights read per token;
 3. time to first token through gRPC, p50 and p99 over `--ttft-requests` requests;
-4. resident memory after loading with quantization none / int8 / nf4 (each in a fresh process), as a
-   ratio to none.
+4. resident memory after loading with quantization none / int8 / nf4 and decoding a few tokens (each in
+   a fresh process; decoding touches every weight, so memory-mapped weights count), as a ratio to none.
 Writes bench/results/inference_throughput.json.
 """
 
@@ -67,9 +67,14 @@ import torch, transformers, bitsandbytes, peft  # libraries first, so only the m
 from services.common.store import CheckpointStore
 from services.inference.backends.base import LoadOptions, QuantizationConfig
 from services.inference.registry import default_backend_factory
+from services.inference.backends.base import GenerationRequest
+from services.inference.sampling import SamplingConfig
 before = rss()
 backend = default_backend_factory('transformers', CheckpointStore({str(store)!r}).path_of({model_id!r}),
                                   LoadOptions(quantization=QuantizationConfig(type={quantization!r}), dtype={dtype!r}))
+# Decode a few tokens first: every weight is then touched, so memory-mapped weights count as resident too.
+list(backend.generate(GenerationRequest('m', backend.tokenizer('Hello')['input_ids'],
+                                        SamplingConfig(temperature=0.0, max_new_tokens=4))))
 print(json.dumps({{'rss_bytes': rss() - before, 'footprint_bytes': backend.memory_bytes()}}))
 backend.close()
 """
@@ -123,8 +128,17 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ttft-requests", type=int, default=20)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory part")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inference_throughput.json")
     args = parser.parse_args()
+
+    if args.memory_only:
+        memory = {q: rss_of_load(args.store, args.model_id, q, "float32") for q in ("none", "int8", "nf4")}
+        for q, m in memory.items():
+            print(f"  memory {q:5}  RSS +{m['rss_bytes'] / 2**20:6.0f} MiB (x{m['rss_bytes'] / memory['none']['rss_bytes']:.2f})"
+                  f"  weights {m['footprint_bytes'] / 2**20:6.0f} MiB "
+                  f"(x{m['footprint_bytes'] / memory['none']['footprint_bytes']:.2f})")
+        return 0
 
     from lmforge.client import InferenceClient
 
