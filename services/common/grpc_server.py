@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import signal
+import threading
 from collections.abc import Callable
 from concurrent import futures
 
@@ -128,3 +130,11 @@ def start_server(register: Callable[[grpc.Server], None], service_names: list[st
     handle = ServerHandle(server, health_servicer, bound, service_names)
     handle.set_serving(False)
     return handle
+
+
+def wait_for_shutdown_signal() -> None:
+    """Block until SIGTERM or SIGINT (call from the main thread of a server process)."""
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from lmforge.v1 import inference_pb2, inference_pb2_grpc
-from services.common.grpc_server import ServerHandle, start_server
+from services.common.grpc_server import ServerHandle, start_server, wait_for_shutdown_signal
 from services.common.logging import configure_logging, get_logger
 from services.common.store import CheckpointStore
 from services.inference.backends.base import LoadOptions, QuantizationConfig
@@ -82,11 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         server.preload(spec)
     server.serve()
     print(f"lmforge-inference listening on {server.address}", flush=True)
-    stopped = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
-    log.info("draining")
+    wait_for_shutdown_signal()
+    log.info("shutting down")
     server.stop(args.grace)
     return 0
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from lmforge.v1 import trainer_pb2, trainer_pb2_grpc
-from services.common.grpc_server import ServerHandle, start_server
+from services.common.grpc_server import ServerHandle, start_server, wait_for_shutdown_signal
 from services.common.logging import configure_logging, get_logger
 from services.common.store import CheckpointStore
 from services.trainer.datasets import DatasetRegistry
@@ -81,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     server = TrainerServer(home, store, host=args.host, port=args.port, slots=args.slots,
                            cancel_grace_seconds=args.cancel_grace)
     print(f"lmforge-trainer listening on {server.address}", flush=True)
-    stopped = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
+    wait_for_shutdown_signal()
     log.info("shutting down")
     server.stop()
     return 0

@@ -213,3 +213,37 @@ def test_load_unload_and_list(client, tiny_model_id):
         client.load_model(tiny_model_id, quantization="nf4")
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, "loaded already with other settings"
     assert rpc_code(lambda: client.unload_model("tiny-not-loaded")) == grpc.StatusCode.NOT_FOUND
+
+
+def test_several_adapters_live_on_one_base_and_each_request_picks_its_own(client, store_root, tiny_model_id,
+                                                                        trained_adapter_id):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from services.common.store import CheckpointStore, EntryKind, Manifest
+
+    store = CheckpointStore(store_root)
+    second = "random-lora-b"
+    if not store.exists(second):
+        torch.manual_seed(7)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(store.path_of(tiny_model_id)),
+                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        with store.write_entry(Manifest(id=second, kind=EntryKind.ADAPTER, base_model_id=tiny_model_id)) as out:
+            model.save_pretrained(out)
+
+    def greedy(adapter_id=""):
+        return collect(client.generate(tiny_model_id, adapter_id=adapter_id, messages=CHAT, temperature=0.0,
+                                       max_new_tokens=12))[1]
+
+    results = {}
+    threads = [threading.Thread(target=lambda a=a: results.__setitem__(a, greedy(a)))
+               for a in ("", trained_adapter_id, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len({tuple(v) for v in results.values()}) == 3, "base, adapter A and adapter B answer differently"
+    assert results[""] == greedy() and results[second] == greedy(second), "concurrent answers match solo ones"
+    loaded = {m.model_id: m for m in client.list_models().loaded}[tiny_model_id]
+    assert {trained_adapter_id, second} <= {a.adapter_id for a in loaded.adapters}

@@ -52,18 +52,25 @@ TERMINAL_STATES = frozenset(
 # hand (from the last sequence seen) and UploadDataset is not retried (it streams a whole file).
 _RETRIED_METHODS = ("StartTraining", "GetJob", "ListJobs", "CancelJob", "ListCheckpoints", "ListDatasets",
                     "ValidateDataset")
-_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{"service": "lmforge.v1.TrainerService", "method": m} for m in _RETRIED_METHODS],
-        "retryPolicy": {
-            "maxAttempts": 5,
-            "initialBackoff": "0.2s",
-            "maxBackoff": "3s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }]
-})
+
+
+def retry_service_config(service: str, methods: Iterable[str]) -> str:
+    """A gRPC service config retrying `methods` of `service` on UNAVAILABLE with exponential backoff."""
+    return json.dumps({
+        "methodConfig": [{
+            "name": [{"service": service, "method": m} for m in methods],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "3s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]
+    })
+
+
+_SERVICE_CONFIG = retry_service_config("lmforge.v1.TrainerService", _RETRIED_METHODS)
 
 
 # ----------------------------------------------------------------------------------------------- enums
@@ -185,7 +192,41 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 # ---------------------------------------------------------------------------------------------- client
 
 
-class TrainerClient:
+class _ServiceClient:
+    """Channel set-up and lifecycle shared by the service clients (context manager, `close()`).
+
+    A given `channel` is used as is and not closed by `close()`; otherwise an insecure channel to
+    `address` is opened with our message limits and the service config's retry policy.
+    """
+
+    def __init__(self, address: str, channel: grpc.Channel | None, service_config: str):
+        self.address = address
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", service_config),
+            ],
+        )
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.address!r})"
+
+
+class TrainerClient(_ServiceClient):
     """Client of `lmforge.v1.TrainerService`. Use as a context manager, or call `close()`.
 
     `channel`: an existing grpc.Channel to use (not closed by `close()`); otherwise an insecure channel
@@ -201,37 +242,10 @@ class TrainerClient:
         timeout: float = 30.0,
         reconnect_timeout: float = 30.0,
     ):
-        self.address = address
+        super().__init__(address, channel, _SERVICE_CONFIG)
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
-        self._owns_channel = channel is None
-        if channel is None:
-            channel = grpc.insecure_channel(
-                address,
-                options=[
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.enable_retries", 1),
-                    ("grpc.service_config", _SERVICE_CONFIG),
-                ],
-            )
-        self._channel = channel
-        self._stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-
-    # -- lifecycle
-
-    def close(self) -> None:
-        if self._owns_channel:
-            self._channel.close()
-
-    def __enter__(self) -> TrainerClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"TrainerClient({self.address!r})"
+        self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
 
     # -- jobs
 
@@ -391,18 +405,7 @@ INFERENCE_ADDRESS_ENV = "LMFORGE_INFERENCE_ADDRESS"
 # gRPC only retries a stream before its first response arrives, so no output is ever seen twice.
 _INFERENCE_RETRIED_METHODS = ("Generate", "Tokenize", "ListModels", "LoadModel", "UnloadModel", "LoadAdapter",
                               "UnloadAdapter")
-_INFERENCE_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{"service": "lmforge.v1.InferenceService", "method": m} for m in _INFERENCE_RETRIED_METHODS],
-        "retryPolicy": {
-            "maxAttempts": 5,
-            "initialBackoff": "0.2s",
-            "maxBackoff": "3s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }]
-})
+_INFERENCE_SERVICE_CONFIG = retry_service_config("lmforge.v1.InferenceService", _INFERENCE_RETRIED_METHODS)
 
 # Loading weights (and quantizing them) takes minutes on big models: LoadModel gets at least this deadline.
 MIN_LOAD_TIMEOUT = 600.0
@@ -517,7 +520,7 @@ def build_generate_request(
     return request
 
 
-class InferenceClient:
+class InferenceClient(_ServiceClient):
     """Client of `lmforge.v1.InferenceService`. Use as a context manager, or call `close()`.
 
         from lmforge import InferenceClient
@@ -545,36 +548,9 @@ class InferenceClient:
         channel: grpc.Channel | None = None,
         timeout: float = 60.0,
     ):
-        self.address = address or default_inference_address()
+        super().__init__(address or default_inference_address(), channel, _INFERENCE_SERVICE_CONFIG)
         self.timeout = timeout
-        self._owns_channel = channel is None
-        if channel is None:
-            channel = grpc.insecure_channel(
-                self.address,
-                options=[
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.enable_retries", 1),
-                    ("grpc.service_config", _INFERENCE_SERVICE_CONFIG),
-                ],
-            )
-        self._channel = channel
-        self._stub = inference_pb2_grpc.InferenceServiceStub(channel)
-
-    # -- lifecycle
-
-    def close(self) -> None:
-        if self._owns_channel:
-            self._channel.close()
-
-    def __enter__(self) -> InferenceClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"InferenceClient({self.address!r})"
+        self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
 
     # -- generation
 
