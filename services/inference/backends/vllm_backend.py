@@ -247,10 +247,11 @@ class VllmBackend(Backend):
         prompt = {"prompt_token_ids": list(request.prompt_ids)}
         self._commands.put(("add", stream, prompt, params, lora))
         finished = False
+        backlog = None  # an item taken while coalescing that must be handled next
         try:
             while True:
                 try:
-                    item = stream.out.get(timeout=_POLL_S)
+                    item, backlog = (backlog, None) if backlog is not None else (stream.out.get(timeout=_POLL_S), None)
                 except queue.Empty:
                     if self._should_stop(stream):
                         finished = True
@@ -267,6 +268,8 @@ class VllmBackend(Backend):
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
+                if not item.finish:
+                    item, backlog = _coalesce(stream.out, item)
                 if item.finish:
                     finished = True
                 yield item
@@ -512,3 +515,20 @@ class VllmBackend(Backend):
                 self._end(command[1], TokenStep([], "stopped"))
             elif command[0] == "call":
                 command[2].set_exception(FailedPrecondition("the model was unloaded; load it again"))
+
+
+def _coalesce(out: queue.Queue, item: TokenStep) -> tuple[TokenStep, object]:
+    """Merge the steps already waiting behind `item` into one, so a consumer that fell behind catches up
+    with one message instead of one per token (nothing is delayed: only what is already queued merges).
+    Returns the merged step and an exception met on the way (to raise after yielding the tokens)."""
+    tokens = list(item.token_ids)
+    while True:
+        try:
+            following = out.get_nowait()
+        except queue.Empty:
+            return TokenStep(tokens, None), None
+        if isinstance(following, BaseException):
+            return TokenStep(tokens, None), following
+        tokens.extend(following.token_ids)
+        if following.finish:
+            return TokenStep(tokens, following.finish), None
