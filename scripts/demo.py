@@ -28,7 +28,9 @@ DATASET = "examples/data/sft_demo.jsonl"
 JOB_FILE = "examples/jobs/sft_lora.yaml"
 
 
-QUESTIONS = ["Who are you?", "什么是 LoRA 微调？"]
+# (system prompt of the training rows in that language, question): both models get the same messages.
+QUESTIONS = [("You are Forge, the lmforge assistant.", "Who are you?"),
+             ("你是 lmforge 的助手 Forge。", "什么是 LoRA 微调？")]
 COLUMN = 54
 
 
@@ -58,15 +60,18 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> st
 
 
 def chat_comparison(address: str, model_id: str, adapter_id: str) -> None:
-    """Ask the base model and the base + adapter the same questions (greedy, so the difference is the adapter)."""
+    """Ask the base model and the base + adapter the same questions with the same settings (greedy, a mild
+    repetition penalty against the loops small models fall into), so the difference is the adapter."""
     from lmforge.client import InferenceClient
 
-    print(f"\n$ lmforge chat {model_id} \"{QUESTIONS[0]}\" [--adapter {adapter_id}]", flush=True)
+    system, question = QUESTIONS[0]
+    print(f"\n$ lmforge chat {model_id} \"{question}\" --system \"{system}\" [--adapter {adapter_id}]", flush=True)
     with InferenceClient(address, timeout=300) as client:
-        for question in QUESTIONS:
-            messages = [{"role": "user", "content": question}]
-            base, _ = client.chat(model_id, messages, temperature=0.0, max_new_tokens=60)
-            tuned, _ = client.chat(model_id, messages, adapter_id=adapter_id, temperature=0.0, max_new_tokens=60)
+        for system, question in QUESTIONS:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            base, _ = client.chat(model_id, messages, temperature=0.0, repetition_penalty=1.15, max_new_tokens=60)
+            tuned, _ = client.chat(model_id, messages, adapter_id=adapter_id, temperature=0.0, repetition_penalty=1.15,
+                                   max_new_tokens=60)
             print(f"\nQ: {question}")
             print(side_by_side("base model", base.strip(), "base + trained adapter", tuned.strip()), flush=True)
 
