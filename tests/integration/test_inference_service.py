@@ -247,3 +247,24 @@ def test_several_adapters_live_on_one_base_and_each_request_picks_its_own(client
     assert results[""] == greedy() and results[second] == greedy(second), "concurrent answers match solo ones"
     loaded = {m.model_id: m for m in client.list_models().loaded}[tiny_model_id]
     assert {trained_adapter_id, second} <= {a.adapter_id for a in loaded.adapters}
+
+
+def test_cli_chat_tokens_and_models_against_the_server(inference_server, tiny_model_id):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def lmforge(*args):
+        return subprocess.run([sys.executable, "-m", "lmforge.cli", "--inference-address", inference_server.address,
+                               *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    chat = lmforge("chat", tiny_model_id, "你好", "--temperature", "0", "--max-new-tokens", "8")
+    assert chat.returncode == 0, chat.stderr
+    assert "finish: length · 8 tokens" in chat.stderr and len(chat.stdout) > 0
+    tokens = lmforge("tokens", tiny_model_id, "你好，世界")
+    assert tokens.returncode == 0 and "chars/token" in tokens.stdout.replace(" per ", "/"), tokens.stdout
+    models = lmforge("models")
+    assert models.returncode == 0 and tiny_model_id in models.stdout
+    bad = lmforge("chat", tiny_model_id, "hi", "--temperature", "9")
+    assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "sampling.temperature" in bad.stderr
