@@ -38,3 +38,14 @@ def rpc_code(call) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value.code()
+
+
+def collect_generation(stream) -> tuple[str, list[int], object, list[str]]:
+    """Drain a Generate stream (choice 0): (text, token ids, its GenerationFinished, the deltas)."""
+    deltas, ids, finished = [], [], None
+    for response in stream:
+        deltas.append(response.text_delta)
+        ids.extend(response.token_ids)
+        if response.HasField("finished"):
+            finished = response.finished
+    return "".join(deltas), ids, finished, deltas

@@ -7,6 +7,7 @@ import pytest
 
 from lmforge.client import InferenceClient
 from lmforge.v1 import inference_pb2
+from tests.helpers import collect_generation
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -21,16 +22,6 @@ def real_client(smollm2_store):
     with InferenceClient(server.address, timeout=300) as client:
         yield client
     server.stop(grace_seconds=2)
-
-
-def _collect(stream):
-    deltas, ids, finished = [], [], None
-    for response in stream:
-        deltas.append(response.text_delta)
-        ids.extend(response.token_ids)
-        if response.HasField("finished"):
-            finished = response.finished
-    return deltas, ids, finished
 
 
 def test_greedy_chat_equals_transformers_generate(real_client, smollm2_store):
@@ -48,7 +39,8 @@ def test_greedy_chat_equals_transformers_generate(real_client, smollm2_store):
     if eos in expected:
         expected = expected[:expected.index(eos)]
 
-    deltas, ids, finished = _collect(real_client.generate(MODEL, messages=messages, temperature=0.0, max_new_tokens=32))
+    _, ids, finished, _ = collect_generation(real_client.generate(MODEL, messages=messages, temperature=0.0,
+                                                                  max_new_tokens=32))
     assert ids == expected
     assert "Paris" in finished.text
     assert finished.finish_reason == inference_pb2.FINISH_REASON_EOS
@@ -59,9 +51,8 @@ def test_chinese_streams_exactly(real_client, smollm2_store):
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_store / "models" / MODEL)
     messages = [{"role": "user", "content": "请用中文写一句关于春天的话。"}]
-    deltas, ids, finished = _collect(real_client.generate(MODEL, messages=messages, temperature=0.7, seed=3,
-                                                          max_new_tokens=48))
-    text = "".join(deltas)
+    text, ids, finished, deltas = collect_generation(real_client.generate(MODEL, messages=messages, temperature=0.7,
+                                                                          seed=3, max_new_tokens=48))
     assert text == finished.text == tokenizer.decode(ids, skip_special_tokens=True)
     assert any("\u4e00" <= ch <= "\u9fff" for ch in text), text
     assert all("\ufffd" not in d for d in deltas), "no delta carries a broken character"
@@ -76,8 +67,8 @@ def test_int8_and_nf4_take_less_memory_and_still_answer(real_client):
             real_client.unload_model(MODEL)
         info = real_client.load_model(MODEL, quantization=quantization)
         memory[quantization] = info.memory_bytes
-        _, ids, finished = _collect(real_client.generate(MODEL, messages=messages, temperature=0.0,
-                                                         max_new_tokens=12))
+        _, ids, finished, _ = collect_generation(real_client.generate(MODEL, messages=messages, temperature=0.0,
+                                                                      max_new_tokens=12))
         assert ids and finished.text.strip(), f"{quantization} load answers"
     real_client.unload_model(MODEL)
     assert memory["int8"] < 0.8 * memory["none"], memory

@@ -11,6 +11,7 @@ import pytest
 
 from lmforge.client import InferenceClient
 from lmforge.v1 import inference_pb2
+from tests.helpers import collect_generation as collect
 from tests.helpers import rpc_code, sft_request, wait_for
 
 CHAT = [{"role": "user", "content": "What does LoRA train?"}]
@@ -40,16 +41,6 @@ def trained_adapter_id(trainer_client, tiny_model_id, demo_dataset_id) -> str:
     final = trainer_client.wait(job.id)
     assert final.result_checkpoint_id, final.error
     return final.result_checkpoint_id
-
-
-def collect(stream) -> tuple[str, list[int], inference_pb2.GenerationFinished, list[str]]:
-    deltas, ids, finished = [], [], None
-    for response in stream:
-        deltas.append(response.text_delta)
-        ids.extend(response.token_ids)
-        if response.HasField("finished"):
-            finished = response.finished
-    return "".join(deltas), ids, finished, deltas
 
 
 def test_greedy_output_equals_transformers_generate(client, store_root, tiny_model_id):
