@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -86,6 +87,38 @@ def load_options(args):
 # ------------------------------------------------------------------------------------------------- sides
 
 
+def timed_round(count: int, stream: Callable[[int], Iterator[int]]) -> dict:
+    """Release `count` streams at once (one thread each); `stream(i)` yields the token counts of stream i
+    as they arrive. Returns the round's tokens, wall seconds, tokens/s and median time to first token."""
+    barrier = threading.Barrier(count + 1)
+    counts = [0] * count
+    first = [0.0] * count
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            for tokens in stream(i):
+                if tokens and not counts[i]:
+                    first[i] = time.perf_counter()
+                counts[i] += tokens
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return {"tokens": sum(counts), "seconds": elapsed, "tokens_per_second": sum(counts) / elapsed,
+            "ttft_median_s": statistics.median(f - start for f in first)}
+
+
 def run_bare(model_dir: Path, prompts: list[list[int]], max_tokens: int, repeats: int, options) -> dict:
     """Plain vLLM offline inference with the backend's engine arguments."""
     from vllm import LLM, SamplingParams
@@ -130,37 +163,13 @@ def run_backend(model_dir: Path, prompts: list[list[int]], max_tokens: int, repe
                                                                                       max_new_tokens=8))))
         rounds = []
         for r in range(repeats):
-            barrier = threading.Barrier(len(prompts) + 1)
-            counts = [0] * len(prompts)
-            first = [0.0] * len(prompts)
-            errors: list[BaseException] = []
-
-            def stream(i: int) -> None:
+            def stream(i: int, r: int = r) -> Iterator[int]:
                 request = GenerationRequest(f"bench-{r}-{i}", prompts[i],
                                             SamplingConfig(temperature=0.0, max_new_tokens=max_tokens,
                                                            ignore_eos=True))
-                barrier.wait()
-                try:
-                    for step in backend.generate(request):
-                        if step.token_ids and not counts[i]:
-                            first[i] = time.perf_counter()
-                        counts[i] += len(step.token_ids)
-                except BaseException as exc:  # noqa: BLE001 - reported below
-                    errors.append(exc)
+                return (len(step.token_ids) for step in backend.generate(request))
 
-            threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(prompts))]
-            for thread in threads:
-                thread.start()
-            barrier.wait()
-            start = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            elapsed = time.perf_counter() - start
-            if errors:
-                raise errors[0]
-            tokens = sum(counts)
-            rounds.append({"tokens": tokens, "seconds": elapsed, "tokens_per_second": tokens / elapsed,
-                           "ttft_median_s": statistics.median(f - start for f in first)})
+            rounds.append(timed_round(len(prompts), stream))
         return {"side": "backend", "load_s": load_s, "engine_kwargs": backend.engine_kwargs, "rounds": rounds}
     finally:
         backend.close()
@@ -191,30 +200,13 @@ def run_grpc(model_dir: Path, prompts: list[list[int]], max_tokens: int, repeats
                 pass  # warm-up
             rounds = []
             for _ in range(repeats):
-                barrier = threading.Barrier(len(texts) + 1)
-                counts = [0] * len(texts)
-                first = [0.0] * len(texts)
+                def stream(i: int) -> Iterator[int]:
+                    return (len(response.token_ids) for response in client.generate(
+                        model_id, text=texts[i], temperature=0.0, max_new_tokens=max_tokens, ignore_eos=True))
 
-                def stream(i: int) -> None:
-                    barrier.wait()
-                    for response in client.generate(model_id, text=texts[i], temperature=0.0,
-                                                     max_new_tokens=max_tokens, ignore_eos=True):
-                        if response.token_ids and not counts[i]:
-                            first[i] = time.perf_counter()
-                        counts[i] += len(response.token_ids)
-
-                threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(texts))]
-                for thread in threads:
-                    thread.start()
-                barrier.wait()
-                start = time.perf_counter()
-                for thread in threads:
-                    thread.join()
-                elapsed = time.perf_counter() - start
-                tokens = sum(counts)
-                assert tokens == max_tokens * len(texts), counts
-                rounds.append({"tokens": tokens, "seconds": elapsed, "tokens_per_second": tokens / elapsed,
-                               "ttft_median_s": statistics.median(f - start for f in first)})
+                result = timed_round(len(texts), stream)
+                assert result["tokens"] == max_tokens * len(texts), result
+                rounds.append(result)
         return {"side": "grpc", "load_s": load_s, "engine_kwargs": {"dtype": loaded.dtype}, "rounds": rounds}
     finally:
         server.terminate()

@@ -9,6 +9,7 @@ from services.common.store import EntryKind, Manifest
 
 _ENTRY_KINDS = {EntryKind.BASE_MODEL: common_pb2.BASE_MODEL, EntryKind.FULL_CHECKPOINT: common_pb2.FULL_CHECKPOINT,
                 EntryKind.ADAPTER: common_pb2.ADAPTER}
+_ENTRY_KINDS_BY_NUMBER = {number: kind for kind, number in _ENTRY_KINDS.items()}
 
 
 def timestamp(seconds: float) -> Timestamp | None:
@@ -32,7 +33,4 @@ def manifest_to_proto(manifest: Manifest) -> common_pb2.Checkpoint:
 
 def entry_kind_from_proto(value: int) -> EntryKind | None:
     """None for CHECKPOINT_KIND_UNSPECIFIED (no filter)."""
-    for kind, number in _ENTRY_KINDS.items():
-        if number == value:
-            return kind
-    return None
+    return _ENTRY_KINDS_BY_NUMBER.get(value)

@@ -37,6 +37,10 @@ _ADAPTER_TYPES = {
 _JOB_STATES = {state: getattr(trainer_pb2, f"JOB_STATE_{state.value}") for state in JobState}
 _DATASET_FORMATS = {fmt: getattr(trainer_pb2, f"DATASET_FORMAT_{fmt.name}") for fmt in DatasetFormat}
 _FILE_FORMATS = {ff: getattr(trainer_pb2, f"FILE_FORMAT_{ff.name}") for ff in FileFormat}
+# proto enum number -> domain value
+_JOB_STATES_BY_NUMBER = {number: state for state, number in _JOB_STATES.items()}
+_DATASET_FORMATS_BY_NUMBER = {number: fmt for fmt, number in _DATASET_FORMATS.items()}
+_FILE_FORMATS_BY_NUMBER = {number: ff for ff, number in _FILE_FORMATS.items()}
 
 
 class _Checks:
@@ -161,7 +165,7 @@ def spec_from_request(request: trainer_pb2.StartTrainingRequest, store: Checkpoi
                    "upload the data (`lmforge datasets upload FILE`) and pass the id it returns")
     sft = request.sft
     method_config = SftConfig(
-        format=next(f.value for f, v in _DATASET_FORMATS.items() if v == sft.format),
+        format=dataset_format_from_proto(sft.format).value,
         train_on_prompt=sft.train_on_prompt, default_system_prompt=sft.default_system_prompt)
     checks.raise_if_any()
 
@@ -194,10 +198,9 @@ def job_state_to_proto(state: JobState) -> int:
 
 
 def job_state_from_proto(value: int) -> JobState:
-    for state, number in _JOB_STATES.items():
-        if number == value:
-            return state
-    raise InvalidArgument(f"states: unknown job state {value}")
+    if value not in _JOB_STATES_BY_NUMBER:
+        raise InvalidArgument(f"states: unknown job state {value}")
+    return _JOB_STATES_BY_NUMBER[value]
 
 
 def job_to_proto(job: Job) -> trainer_pb2.Job:
@@ -238,17 +241,14 @@ def dataset_to_proto(dataset: StoredDataset) -> trainer_pb2.Dataset:
 
 
 def file_format_from_proto(value: int) -> FileFormat | None:
-    for file_format, number in _FILE_FORMATS.items():
-        if number == value:
-            return file_format
-    return None
+    """None for FILE_FORMAT_UNSPECIFIED (take it from the file name)."""
+    return _FILE_FORMATS_BY_NUMBER.get(value)
 
 
 def dataset_format_from_proto(value: int) -> DatasetFormat:
-    for fmt, number in _DATASET_FORMATS.items():
-        if number == value:
-            return fmt
-    raise InvalidArgument(f"format: unknown dataset format {value}")
+    if value not in _DATASET_FORMATS_BY_NUMBER:
+        raise InvalidArgument(f"format: unknown dataset format {value}")
+    return _DATASET_FORMATS_BY_NUMBER[value]
 
 
 def validation_to_proto(result: ValidationResult) -> trainer_pb2.ValidationReport:

@@ -17,7 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted, Violation
@@ -102,9 +102,3 @@ class DatasetRegistry:
         found = [self.get(p.name) for p in self.root.iterdir()
                  if p.name.startswith(DATASET_ID_PREFIX) and (p / "meta.json").is_file()]
         return sorted(found, key=lambda d: d.created_at)
-
-    @staticmethod
-    def as_dict(dataset: StoredDataset) -> dict:
-        data = asdict(dataset)
-        data["path"] = str(dataset.path)
-        return data
