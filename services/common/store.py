@@ -2,14 +2,15 @@
 
 Layout under the store root (DESIGN.md §1):
 
-    models/<id>/     full weights + tokenizer + manifest.json  (BASE_MODEL, FULL_CHECKPOINT)
+    models/<id>/     full weights + tokenizer + manifest.json  (BASE_MODEL, FULL_CHECKPOINT, REWARD_MODEL)
     adapters/<id>/   LoRA weights + manifest.json               (ADAPTER; manifest names its base model)
     .tmp/<random>/   entries being written; renamed into place when complete
 
 Clients only ever see ids; paths are resolved here and ids are checked against a strict pattern, so an
 id can never walk out of the store. Writes go to a temporary directory and are renamed into place in
 one `os.rename`, so a crash mid-save never leaves a half checkpoint visible; leftovers in `.tmp` are
-swept when a store is opened. Entries are immutable once written.
+swept when a store is opened. An entry's files are immutable once written; only its manifest grows
+(evaluation results, the best-checkpoint mark), replaced atomically.
 
 This module imports neither torch nor grpc: the servicers list checkpoints through it, and recipes
 write weights into the directory that `write_entry` hands them.
@@ -42,6 +43,8 @@ class EntryKind(str, Enum):
     BASE_MODEL = "base_model"
     FULL_CHECKPOINT = "full_checkpoint"
     ADAPTER = "adapter"
+    # A sequence-classification model with one score output (a `reward` job); RL methods score with it.
+    REWARD_MODEL = "reward_model"
 
     @property
     def folder(self) -> str:
@@ -66,6 +69,11 @@ class Manifest:
     created_at: float = 0.0
     size_bytes: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    # Best checkpoint of its job by the eval metric in labels["best_metric"].
+    is_best: bool = False
+    # Evaluate job results, oldest first: {"job_id", "dataset_id", "metrics": {name: value}, "samples",
+    # "created_at"}.
+    evaluations: list[dict] = field(default_factory=list)
     manifest_version: int = MANIFEST_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -189,13 +197,39 @@ class CheckpointStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def update_metrics(self, entry_id: str, metrics: dict[str, float]) -> Manifest:
-        """Merge metrics into an entry's manifest (e.g. evaluation results); atomic replace of the file."""
+        """Merge metrics into an entry's manifest."""
+        return self._update_manifest(entry_id, lambda m: m.metrics.update(metrics))
+
+    def mark_best(self, entry_id: str, metric: str, value: float) -> Manifest:
+        """Mark the entry as its job's best checkpoint by `metric` (recorded in labels)."""
+        def change(manifest: Manifest) -> None:
+            manifest.is_best = True
+            manifest.labels["best_metric"] = metric
+            manifest.labels["best_value"] = f"{value:.6g}"
+        return self._update_manifest(entry_id, change)
+
+    def add_evaluation(self, entry_id: str, *, job_id: str, dataset_id: str, metrics: dict[str, float],
+                       samples: int) -> Manifest:
+        """Append one Evaluate job's results to the entry's manifest."""
+        result = {"job_id": job_id, "dataset_id": dataset_id, "metrics": {k: float(v) for k, v in metrics.items()},
+                  "samples": samples, "created_at": time.time()}
+        return self._update_manifest(entry_id, lambda m: m.evaluations.append(result))
+
+    def _update_manifest(self, entry_id: str, change) -> Manifest:
+        """Apply `change(manifest)` and replace manifest.json atomically (weights are never touched).
+
+        A lock file serialises concurrent updaters (an Evaluate job and a training job may both touch
+        one entry), so neither update is lost."""
+        import fcntl
+
         path = self.path_of(entry_id)
-        manifest = Manifest.from_json((path / MANIFEST).read_text())
-        manifest.metrics.update(metrics)
-        tmp = path / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(manifest.to_json())
-        os.replace(tmp, path / MANIFEST)
+        with open(path / f".{MANIFEST}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            manifest = Manifest.from_json((path / MANIFEST).read_text())
+            change(manifest)
+            tmp = path / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
+            tmp.write_text(manifest.to_json())
+            os.replace(tmp, path / MANIFEST)
         return manifest
 
 

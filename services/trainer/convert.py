@@ -16,10 +16,16 @@ from services.trainer.jobdb import ErrorInfo, Event, Job, JobState
 from services.trainer.recipes import implemented_methods
 from services.trainer.spec import (
     ALL_METHODS,
+    EVALUATE_METRICS,
     AdapterConfig,
+    ContinuedPretrainConfig,
     DatasetFile,
+    DpoConfig,
     EvalConfig,
+    EvaluateConfig,
     Hyperparameters,
+    PretrainConfig,
+    RewardConfig,
     SftConfig,
     TrainingSpec,
 )
@@ -34,6 +40,16 @@ _ADAPTER_TYPES = {
     common_pb2.ADAPTER_LORA: "lora",
     common_pb2.ADAPTER_QLORA: "qlora",
 }
+_PREFERENCE_LOSSES = {
+    trainer_pb2.PREFERENCE_LOSS_UNSPECIFIED: "sigmoid",
+    trainer_pb2.PREFERENCE_LOSS_SIGMOID: "sigmoid",
+    trainer_pb2.PREFERENCE_LOSS_IPO: "ipo",
+    trainer_pb2.PREFERENCE_LOSS_HINGE: "hinge",
+    trainer_pb2.PREFERENCE_LOSS_ORPO: "orpo",
+    trainer_pb2.PREFERENCE_LOSS_SIMPO: "simpo",
+    trainer_pb2.PREFERENCE_LOSS_KTO: "kto",
+}
+PRETRAIN_ARCHITECTURES = ("llama", "qwen2")
 _JOB_STATES = {state: getattr(trainer_pb2, f"JOB_STATE_{state.value}") for state in JobState}
 _DATASET_FORMATS = {fmt: getattr(trainer_pb2, f"DATASET_FORMAT_{fmt.name}") for fmt in DatasetFormat}
 _FILE_FORMATS = {ff: getattr(trainer_pb2, f"FILE_FORMAT_{ff.name}") for ff in FileFormat}
@@ -68,8 +84,10 @@ def method_name(request: trainer_pb2.StartTrainingRequest) -> str:
     return request.WhichOneof("method") or ""
 
 
-def _adapter(proto: common_pb2.AdapterSpec, checks: _Checks) -> AdapterConfig:
-    adapter = AdapterConfig(type=_ADAPTER_TYPES.get(proto.type, "lora"))
+def _adapter(proto: common_pb2.AdapterSpec, checks: _Checks, method: str) -> AdapterConfig:
+    default = "full" if method == "pretrain" else "lora"
+    adapter = AdapterConfig(type=default if proto.type == common_pb2.ADAPTER_TYPE_UNSPECIFIED
+                            else _ADAPTER_TYPES.get(proto.type, default))
     checks.require(proto.type in _ADAPTER_TYPES, "adapter.type", f"unknown adapter type {proto.type}",
                    "use ADAPTER_FULL, ADAPTER_LORA or ADAPTER_QLORA")
     if proto.rank:
@@ -141,6 +159,109 @@ def _dataset_file(datasets: DatasetRegistry, dataset_id: str, field: str) -> Dat
                        format=DatasetFormat.AUTO.value)
 
 
+def _new_tokens(proto: trainer_pb2.VocabularyExpansion, field: str, checks: _Checks) -> list[str]:
+    tokens = list(proto.new_tokens)
+    seen: set[str] = set()
+    for index, token in enumerate(tokens):
+        checks.require(bool(token.strip()), f"{field}[{index}]", "is empty", "list non-empty domain terms")
+        checks.require(token not in seen, f"{field}[{index}]", f"{token!r} is listed twice", "list each term once")
+        seen.add(token)
+    checks.require(len(tokens) <= 10_000, field, f"{len(tokens)} new tokens", "add at most 10000 tokens at once")
+    return tokens
+
+
+def _pretrain_config(proto: trainer_pb2.PretrainSpec, checks: _Checks) -> PretrainConfig:
+    config = PretrainConfig(architecture=proto.architecture or "llama", tokenizer_from=proto.tokenizer_from)
+    for name in ("hidden_size", "num_layers", "num_attention_heads", "context_length", "vocab_size"):
+        if getattr(proto, name):
+            setattr(config, name, getattr(proto, name))
+    config.num_key_value_heads = proto.num_key_value_heads or config.num_attention_heads
+    # Llama's MLP width is about 8/3 of the hidden size, rounded up to a multiple of 64.
+    config.intermediate_size = proto.intermediate_size or -(-config.hidden_size * 8 // 3 // 64) * 64
+    f = "pretrain."
+    checks.require(config.architecture in PRETRAIN_ARCHITECTURES, f + "architecture",
+                   f"unknown architecture {config.architecture!r}", f"use one of {', '.join(PRETRAIN_ARCHITECTURES)}")
+    checks.in_range(config.hidden_size, f + "hidden_size", 16, 65_536)
+    checks.in_range(config.num_layers, f + "num_layers", 1, 512)
+    checks.in_range(config.num_attention_heads, f + "num_attention_heads", 1, 1024)
+    checks.in_range(config.num_key_value_heads, f + "num_key_value_heads", 1, 1024)
+    checks.in_range(config.context_length, f + "context_length", 16, 1_048_576)
+    checks.in_range(config.intermediate_size, f + "intermediate_size", 16, 1_048_576)
+    checks.in_range(config.vocab_size, f + "vocab_size", 300, 1_000_000)
+    checks.require(config.hidden_size % config.num_attention_heads == 0, f + "num_attention_heads",
+                   f"hidden_size {config.hidden_size} is not divisible by {config.num_attention_heads} heads",
+                   "pick a head count that divides hidden_size")
+    checks.require(config.num_attention_heads % config.num_key_value_heads == 0, f + "num_key_value_heads",
+                   f"{config.num_attention_heads} attention heads are not a multiple of "
+                   f"{config.num_key_value_heads} key/value heads", "use a divisor of num_attention_heads")
+    return config
+
+
+def _method_config(method: str, request: trainer_pb2.StartTrainingRequest, checks: _Checks):
+    if method == "sft":
+        sft = request.sft
+        return SftConfig(format=dataset_format_from_proto(sft.format).value, train_on_prompt=sft.train_on_prompt,
+                         default_system_prompt=sft.default_system_prompt,
+                         new_tokens=_new_tokens(sft.vocabulary, "sft.vocabulary.new_tokens", checks))
+    if method == "pretrain":
+        return _pretrain_config(request.pretrain, checks)
+    if method == "continued_pretrain":
+        return ContinuedPretrainConfig(new_tokens=_new_tokens(request.continued_pretrain.vocabulary,
+                                                              "continued_pretrain.vocabulary.new_tokens", checks))
+    if method == "reward":
+        reward = request.reward
+        config = RewardConfig(center_rewards_coefficient=reward.center_rewards_coefficient
+                              if reward.HasField("center_rewards_coefficient") else None)
+        if config.center_rewards_coefficient is not None:
+            checks.in_range(config.center_rewards_coefficient, "reward.center_rewards_coefficient", 0, 100)
+        return config
+    if method == "dpo":
+        dpo = request.dpo
+        checks.require(dpo.loss in _PREFERENCE_LOSSES, "dpo.loss", f"unknown loss {dpo.loss}",
+                       "use PREFERENCE_LOSS_SIGMOID, _IPO, _HINGE, _ORPO, _SIMPO or _KTO")
+        config = DpoConfig(loss=_PREFERENCE_LOSSES.get(dpo.loss, "sigmoid"))
+        if dpo.HasField("beta"):
+            config.beta = dpo.beta
+        if dpo.HasField("simpo_gamma"):
+            config.simpo_gamma = dpo.simpo_gamma
+        checks.in_range(config.beta, "dpo.beta", 0, 100, low_open=True)
+        checks.in_range(config.simpo_gamma, "dpo.simpo_gamma", 0, 100)
+        return config
+    raise AssertionError(method)
+
+
+def _eval_config(proto: trainer_pb2.EvalSpec, checks: _Checks) -> EvalConfig:
+    metric = proto.metric_for_best or "eval_loss"
+    if not metric.startswith("eval_"):
+        metric = f"eval_{metric}"
+    lower_is_better = "loss" in metric or "perplexity" in metric
+    evaluation = EvalConfig(
+        split_ratio=proto.split_ratio, eval_dataset_id=proto.eval_dataset_id, every_steps=proto.every_steps,
+        metric_for_best=metric,
+        greater_is_better=proto.greater_is_better if proto.HasField("greater_is_better") else not lower_is_better,
+        early_stopping_patience=proto.early_stopping_patience, early_stopping_threshold=proto.early_stopping_threshold)
+    checks.in_range(evaluation.split_ratio, "eval.split_ratio", 0, 0.5)
+    checks.in_range(evaluation.every_steps, "eval.every_steps", 0, 10_000_000)
+    checks.in_range(evaluation.early_stopping_patience, "eval.early_stopping_patience", 0, 1_000_000)
+    checks.in_range(evaluation.early_stopping_threshold, "eval.early_stopping_threshold", 0, 1e9)
+    has_eval = evaluation.split_ratio > 0 or bool(evaluation.eval_dataset_id)
+    if evaluation.early_stopping_patience:
+        checks.require(has_eval, "eval.early_stopping_patience", "early stopping needs evaluation data",
+                       "set eval.split_ratio or eval.eval_dataset_id")
+        checks.require(evaluation.every_steps > 0, "eval.every_steps", "early stopping needs periodic evaluation",
+                       "set eval.every_steps to evaluate every N steps")
+    return evaluation
+
+
+def _check_trainable_base(base: Manifest, method: str) -> None:
+    if base.kind is EntryKind.ADAPTER:
+        raise FailedPrecondition(f"base_model_id: {base.id!r} is a LoRA adapter, not a model; train on its base "
+                                 f"{base.base_model_id!r}, or merge the adapter first")
+    if base.kind is EntryKind.REWARD_MODEL and method != "reward":
+        raise FailedPrecondition(f"base_model_id: {base.id!r} is a reward model (a scorer, not a language model); "
+                                 f"{method} needs a causal language model from the store")
+
+
 def spec_from_request(request: trainer_pb2.StartTrainingRequest, store: CheckpointStore,
                       datasets: DatasetRegistry, *, gpu: bool) -> TrainingSpec:
     """Check a request and build the job's spec. Raises InvalidArgument / NotFound / Unimplemented."""
@@ -152,35 +273,93 @@ def spec_from_request(request: trainer_pb2.StartTrainingRequest, store: Checkpoi
         raise Unimplemented(f"method {method!r} is not implemented by this trainer yet; implemented: "
                             f"{', '.join(implemented_methods())}")
     checks = _Checks()
-    adapter = _adapter(request.adapter, checks)
+    adapter = _adapter(request.adapter, checks, method)
     hyper = _hyperparameters(request.hyperparameters, adapter, gpu, checks)
-    evaluation = EvalConfig(split_ratio=request.eval.split_ratio, eval_dataset_id=request.eval.eval_dataset_id,
-                            every_steps=request.eval.every_steps)
-    checks.in_range(evaluation.split_ratio, "eval.split_ratio", 0, 0.5)
-    checks.in_range(evaluation.every_steps, "eval.every_steps", 0, 10_000_000)
+    evaluation = _eval_config(request.eval, checks)
     checks.in_range(request.checkpoints.every_steps, "checkpoints.every_steps", 0, 10_000_000)
-    checks.require(bool(request.base_model_id), "base_model_id", "empty",
-                   "name a model from the checkpoint store (`lmforge checkpoints`)")
+    if method == "pretrain":
+        checks.require(not request.base_model_id, "base_model_id", "pretraining from scratch starts from no model",
+                       "leave base_model_id empty, or use continued_pretrain to keep training a model")
+        checks.require(adapter.type == "full", "adapter.type", "a model trained from scratch has no base to adapt",
+                       "use ADAPTER_FULL (the default for pretraining)")
+    else:
+        checks.require(bool(request.base_model_id), "base_model_id", "empty",
+                       "name a model from the checkpoint store (`lmforge checkpoints`)")
     checks.require(bool(request.dataset_id), "dataset_id", "empty",
                    "upload the data (`lmforge datasets upload FILE`) and pass the id it returns")
-    sft = request.sft
-    method_config = SftConfig(
-        format=dataset_format_from_proto(sft.format).value,
-        train_on_prompt=sft.train_on_prompt, default_system_prompt=sft.default_system_prompt)
+    method_config = _method_config(method, request, checks)
+    new_tokens = getattr(method_config, "new_tokens", [])
+    checks.require(not (new_tokens and adapter.type == "qlora"), "adapter.type",
+                   "vocabulary expansion cannot be merged into a 4-bit base", "use ADAPTER_LORA or ADAPTER_FULL")
+    checks.require(not (method == "reward" and adapter.type == "qlora"), "adapter.type",
+                   "a reward model is saved as full weights and a 4-bit base cannot be merged into them",
+                   "use ADAPTER_LORA (merged at the end) or ADAPTER_FULL")
     checks.raise_if_any()
 
-    base = store.get(request.base_model_id, "base_model_id")
-    if base.kind is EntryKind.ADAPTER:
-        raise FailedPrecondition(f"base_model_id: {base.id!r} is a LoRA adapter, not a model; train on its base "
-                                 f"{base.base_model_id!r}, or merge the adapter first")
+    base_model_id = ""
+    if method == "pretrain":
+        if method_config.tokenizer_from:
+            source = store.get(method_config.tokenizer_from, "pretrain.tokenizer_from")
+            if not source.has_tokenizer:
+                raise FailedPrecondition(f"pretrain.tokenizer_from: {source.id!r} has no tokenizer of its own; "
+                                         "name a base model or full checkpoint, or leave it empty to train one")
+    else:
+        base = store.get(request.base_model_id, "base_model_id")
+        _check_trainable_base(base, method)
+        base_model_id = base.id
     return TrainingSpec(
-        job_id="", method=method, base_model_id=base.id,
+        job_id="", method=method, base_model_id=base_model_id,
         dataset=_dataset_file(datasets, request.dataset_id, "dataset_id"),
         eval_dataset=_dataset_file(datasets, evaluation.eval_dataset_id, "eval.eval_dataset_id")
         if evaluation.eval_dataset_id else None,
         method_config=method_config, adapter=adapter, hyperparameters=hyper, eval=evaluation,
         save_every_steps=request.checkpoints.every_steps,
     )
+
+
+def evaluate_spec_from_request(request: trainer_pb2.EvaluateRequest, store: CheckpointStore,
+                               datasets: DatasetRegistry) -> TrainingSpec:
+    """Check an EvaluateRequest and build its job's spec (method "evaluate").
+
+    model_id may name an adapter directly (then its base is used). Raises InvalidArgument, NotFound,
+    FailedPrecondition."""
+    checks = _Checks()
+    checks.require(bool(request.model_id), "model_id", "empty", "name a model or adapter from the checkpoint store")
+    checks.require(bool(request.dataset_id), "dataset_id", "empty", "upload the data and pass the id it returns")
+    metrics = list(dict.fromkeys(request.metrics))
+    for index, name in enumerate(metrics):
+        checks.require(name in EVALUATE_METRICS, f"metrics[{index}]", f"unknown metric {name!r}",
+                       f"use any of {', '.join(EVALUATE_METRICS)}")
+    config = EvaluateConfig(adapter_id=request.adapter_id, metrics=metrics, format=dataset_format_from_proto(
+        request.format).value)
+    for name in ("max_new_tokens", "max_samples", "batch_size"):
+        if getattr(request, name):
+            setattr(config, name, getattr(request, name))
+    checks.in_range(config.max_new_tokens, "max_new_tokens", 1, 65_536)
+    checks.in_range(config.max_samples, "max_samples", 0, 100_000_000)
+    checks.in_range(config.batch_size, "batch_size", 1, 4096)
+    checks.raise_if_any()
+
+    model = store.get(request.model_id, "model_id")
+    if model.kind is EntryKind.ADAPTER:
+        if config.adapter_id and config.adapter_id != model.id:
+            raise InvalidArgument("model_id: names an adapter and adapter_id names another one",
+                                  [Violation(0, "model_id", "is an adapter", "pass the adapter's base model as model_id")])
+        config.adapter_id = model.id
+        model = store.get(model.base_model_id, "model_id")
+    if model.kind is EntryKind.REWARD_MODEL:
+        raise FailedPrecondition(f"model_id: {model.id!r} is a reward model; Evaluate scores language models")
+    if config.adapter_id:
+        adapter = store.get(config.adapter_id, "adapter_id")
+        if adapter.kind is not EntryKind.ADAPTER:
+            raise FailedPrecondition(f"adapter_id: {adapter.id!r} is a {adapter.kind.value}, not an adapter; "
+                                     "pass it as model_id instead")
+        if adapter.base_model_id != model.id:
+            raise FailedPrecondition(f"adapter_id: {adapter.id!r} was trained on {adapter.base_model_id!r}, not "
+                                     f"{model.id!r}; pass model_id={adapter.base_model_id!r}")
+    return TrainingSpec(job_id="", method="evaluate", base_model_id=model.id,
+                        dataset=_dataset_file(datasets, request.dataset_id, "dataset_id"), method_config=config,
+                        adapter=AdapterConfig(type="full"))
 
 
 # ---- domain -> proto ---------------------------------------------------------------------------------
@@ -204,11 +383,14 @@ def job_state_from_proto(value: int) -> JobState:
 
 
 def job_to_proto(job: Job) -> trainer_pb2.Job:
-    request = trainer_pb2.StartTrainingRequest()
-    request.ParseFromString(job.request_blob)
+    request = evaluation = None
+    if job.method == "evaluate":
+        evaluation = trainer_pb2.EvaluateRequest.FromString(job.request_blob)
+    else:
+        request = trainer_pb2.StartTrainingRequest.FromString(job.request_blob)
     return trainer_pb2.Job(
         id=job.id, display_name=job.display_name, state=job_state_to_proto(job.state), method=job.method,
-        request=request, created_at=timestamp(job.created_at), started_at=timestamp(job.started_at),
+        request=request, evaluation=evaluation, created_at=timestamp(job.created_at), started_at=timestamp(job.started_at),
         finished_at=timestamp(job.finished_at), current_step=job.current_step, total_steps=job.total_steps,
         latest_metrics=job.latest_metrics, checkpoint_ids=job.checkpoint_ids,
         result_checkpoint_id=job.result_checkpoint_id, error=error_to_proto(job.error), device=job.device,

@@ -240,8 +240,8 @@ class JobManager:
             for label, dataset in (("dataset", spec.dataset), ("eval_dataset", spec.eval_dataset)):
                 if dataset is None:
                     continue
-                result = validate_file(Path(dataset.path), FileFormat(dataset.file_format), spec.method,
-                                       DatasetFormat(spec.method_config.format))
+                result = validate_file(Path(dataset.path), FileFormat(dataset.file_format), spec.dataset_rules,
+                                       DatasetFormat(spec.dataset_format))
                 dataset.format = result.format.value
                 if not result.ok:
                     messages.append(f"{label} {dataset.dataset_id}: {result.bad_rows} of {result.total_rows} rows "

@@ -53,6 +53,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return convert.job_to_proto(job)
 
     @translate_errors
+    def Evaluate(self, request, context):
+        if request.request_id:
+            existing = self.jobs.db.job_by_request_id(request.request_id)
+            if existing:
+                return convert.job_to_proto(existing)
+        spec = convert.evaluate_spec_from_request(request, self.store, self.datasets)
+        job = self.jobs.submit(spec, request_id=request.request_id, display_name=request.display_name,
+                               request_blob=request.SerializeToString())
+        return convert.job_to_proto(job)
+
+    @translate_errors
     def GetJob(self, request, context):
         return convert.job_to_proto(self.jobs.get(request.job_id))
 

@@ -59,6 +59,10 @@ class EvalConfig:
     split_ratio: float = 0.0
     eval_dataset_id: str = ""
     every_steps: int = 0
+    metric_for_best: str = "eval_loss"
+    greater_is_better: bool = False
+    early_stopping_patience: int = 0  # 0: never stop early
+    early_stopping_threshold: float = 0.0
 
 
 @dataclass
@@ -66,6 +70,77 @@ class SftConfig:
     format: str = "auto"
     train_on_prompt: bool = False
     default_system_prompt: str = ""
+    new_tokens: list[str] = field(default_factory=list)  # vocabulary expansion
+
+
+@dataclass
+class PretrainConfig:
+    """A new model from a config (recipes/pretrain.py)."""
+
+    architecture: str = "llama"  # llama | qwen2
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    context_length: int = 512
+    intermediate_size: int = 688
+    tokenizer_from: str = ""  # store id; "" = train a byte-level BPE on the corpus
+    vocab_size: int = 8000
+    format: str = "text"
+
+
+@dataclass
+class ContinuedPretrainConfig:
+    new_tokens: list[str] = field(default_factory=list)  # vocabulary expansion
+    format: str = "text"
+
+
+@dataclass
+class RewardConfig:
+    center_rewards_coefficient: float | None = None
+    format: str = "preference"
+
+
+# PreferenceLoss names; "orpo" and "simpo" need no reference model, "kto" trains on unpaired rows.
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo", "kto")
+
+
+@dataclass
+class DpoConfig:
+    beta: float = 0.1
+    loss: str = "sigmoid"
+    simpo_gamma: float = 0.5
+    format: str = "auto"
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.loss not in ("orpo", "simpo")
+
+
+EVALUATE_METRICS = ("perplexity", "exact_match", "accuracy", "f1", "macro_f1", "bleu", "rouge")
+
+
+@dataclass
+class EvaluateConfig:
+    """An Evaluate job (recipes/evaluate.py): scores `TrainingSpec.base_model_id` (+ adapter) on the dataset."""
+
+    adapter_id: str = ""
+    metrics: list[str] = field(default_factory=list)  # empty: by format (see EvaluateRequest.metrics)
+    max_new_tokens: int = 128
+    max_samples: int = 0
+    batch_size: int = 8
+    format: str = "auto"
+
+
+MethodConfig = (SftConfig | PretrainConfig | ContinuedPretrainConfig | RewardConfig | DpoConfig | EvaluateConfig)
+METHOD_CONFIGS: dict[str, type] = {
+    "sft": SftConfig,
+    "pretrain": PretrainConfig,
+    "continued_pretrain": ContinuedPretrainConfig,
+    "reward": RewardConfig,
+    "dpo": DpoConfig,
+    "evaluate": EvaluateConfig,
+}
 
 
 @dataclass
@@ -86,7 +161,7 @@ class TrainingSpec:
     method: str
     base_model_id: str
     dataset: DatasetFile
-    method_config: SftConfig
+    method_config: MethodConfig
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -94,19 +169,30 @@ class TrainingSpec:
     save_every_steps: int = 0
     store_root: str = ""
 
+    @property
+    def dataset_rules(self) -> str:
+        """Key of `data.METHOD_FORMATS` whose formats the dataset must be in ("kto" for DPO with KTO loss)."""
+        if self.method == "dpo" and self.method_config.loss == "kto":
+            return "kto"
+        return self.method
+
+    @property
+    def dataset_format(self) -> str:
+        """The row format the request asked for ("auto" = detect from the rows)."""
+        return getattr(self.method_config, "format", "auto")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> TrainingSpec:
         data = json.loads(text)
-        method_configs = {"sft": SftConfig}
         eval_dataset = data.pop("eval_dataset")
         return cls(
             **{k: v for k, v in data.items()
                if k not in ("dataset", "method_config", "adapter", "hyperparameters", "eval")},
             dataset=DatasetFile(**data["dataset"]),
-            method_config=method_configs[data["method"]](**data["method_config"]),
+            method_config=METHOD_CONFIGS[data["method"]](**data["method_config"]),
             adapter=AdapterConfig(**data["adapter"]),
             hyperparameters=Hyperparameters(**data["hyperparameters"]),
             eval=EvalConfig(**data["eval"]),

@@ -205,11 +205,11 @@ def test_bad_requests_get_precise_status_codes(trainer_client, tiny_model_id, de
     assert rpc_code(lambda: trainer_client.start_training(
         sft_request("../../etc", demo_dataset_id))) == grpc.StatusCode.INVALID_ARGUMENT
 
-    dpo = sft_request(tiny_model_id, demo_dataset_id)
-    del dpo["sft"]
-    dpo["dpo"] = {"beta": 0.1}
+    grpo = sft_request(tiny_model_id, demo_dataset_id)
+    del grpo["sft"]
+    grpo["grpo"] = {}
     with pytest.raises(grpc.RpcError) as info:
-        trainer_client.start_training(dpo)
+        trainer_client.start_training(grpo)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "sft" in info.value.details()
 
     bad = sft_request(tiny_model_id, demo_dataset_id, learning_rate=-1.0, batch_size=-1, precision="fp16",

@@ -20,6 +20,7 @@ class DatasetFormat(str, Enum):
     PROMPT_COMPLETION = "prompt_completion"
     TEXT = "text"
     PREFERENCE = "preference"
+    UNPAIRED_PREFERENCE = "unpaired_preference"  # KTO: prompt, completion, label (true = desirable)
 
 
 class FileFormat(str, Enum):
@@ -48,7 +49,11 @@ METHOD_FORMATS: dict[str, tuple[DatasetFormat, ...]] = {
     "pretrain": (DatasetFormat.TEXT,),
     "continued_pretrain": (DatasetFormat.TEXT,),
     "dpo": (DatasetFormat.PREFERENCE,),
+    # DPO with the KTO loss: unpaired rows, or preference pairs (each pair gives one good, one bad row).
+    "kto": (DatasetFormat.UNPAIRED_PREFERENCE, DatasetFormat.PREFERENCE),
     "reward": (DatasetFormat.PREFERENCE,),
+    # Evaluate jobs: text for perplexity; anything with a prompt and a reference answer for the rest.
+    "evaluate": (DatasetFormat.TEXT, *SFT_FORMATS),
 }
 
 # The keys that identify each format, in detection order: the most specific first, so a preference
@@ -58,6 +63,7 @@ FORMAT_KEYS: dict[DatasetFormat, tuple[str, ...]] = {
     DatasetFormat.SHAREGPT: ("conversations",),
     DatasetFormat.ALPACA: ("instruction", "output"),
     DatasetFormat.PREFERENCE: ("prompt", "chosen", "rejected"),
+    DatasetFormat.UNPAIRED_PREFERENCE: ("prompt", "completion", "label"),
     DatasetFormat.PROMPT_COMPLETION: ("prompt", "completion"),
     DatasetFormat.TEXT: ("text",),
 }

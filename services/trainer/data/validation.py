@@ -255,6 +255,18 @@ def _check_preference(r: int, row: dict) -> list[Violation]:
     return out
 
 
+def _check_unpaired_preference(r: int, row: dict) -> list[Violation]:
+    out = _check_text_or_messages(r, row, "prompt") + _check_text_or_messages(r, row, "completion")
+    label = row.get("label")
+    if isinstance(label, str) and label.strip().lower() in ("true", "false"):
+        return out  # CSV cells are strings; "true"/"false" are read as booleans
+    if not isinstance(label, bool):
+        reason = "missing required field" if "label" not in row else f"expected true or false, got {type_name(label)}"
+        out.append(Violation(r, "label", reason,
+                             "label is true when the completion is a desirable answer, false when it is not"))
+    return out
+
+
 ROW_CHECKS: dict[DatasetFormat, Callable[[int, dict], list[Violation]]] = {
     DatasetFormat.MESSAGES: _check_messages,
     DatasetFormat.ALPACA: _check_alpaca,
@@ -262,6 +274,7 @@ ROW_CHECKS: dict[DatasetFormat, Callable[[int, dict], list[Violation]]] = {
     DatasetFormat.PROMPT_COMPLETION: _check_prompt_completion,
     DatasetFormat.TEXT: _check_text,
     DatasetFormat.PREFERENCE: _check_preference,
+    DatasetFormat.UNPAIRED_PREFERENCE: _check_unpaired_preference,
 }
 
 

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import importlib
 
-# Method name -> module implementing it. Methods of the mission not listed here answer UNIMPLEMENTED.
+# Method name -> module implementing it. Training methods of the mission not listed here answer
+# UNIMPLEMENTED. "evaluate" is the recipe of Evaluate jobs (not a training method).
 RECIPE_MODULES = {
+    "pretrain": "services.trainer.recipes.pretrain",
+    "continued_pretrain": "services.trainer.recipes.continued_pretrain",
     "sft": "services.trainer.recipes.sft",
+    "reward": "services.trainer.recipes.reward",
+    "dpo": "services.trainer.recipes.dpo",
+    "evaluate": "services.trainer.recipes.evaluate",
 }
 
 
 def implemented_methods() -> tuple[str, ...]:
-    return tuple(RECIPE_MODULES)
+    """Training methods StartTraining accepts."""
+    return tuple(m for m in RECIPE_MODULES if m != "evaluate")
 
 
 def load_recipe(method: str):
