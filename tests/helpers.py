@@ -7,6 +7,8 @@ import time
 import grpc
 import pytest
 
+from lmforge.v1 import trainer_pb2
+
 
 def sft_request(base_model_id: str, dataset_id: str, *, adapter: str = "ADAPTER_LORA", max_steps: int = 4,
                 save_every: int = 0, **hyper) -> dict:
@@ -49,3 +51,22 @@ def collect_generation(stream) -> tuple[str, list[int], object, list[str]]:
         if response.HasField("finished"):
             finished = response.finished
     return "".join(deltas), ids, finished, deltas
+
+
+def run_job(client, request: dict) -> trainer_pb2.Job:
+    """Start a training job, wait for its end and assert it SUCCEEDED (the error is shown otherwise)."""
+    job = client.start_training(request)
+    final = client.wait(job.id)
+    assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, f"{trainer_pb2.JobState.Name(final.state)}: {final.error}"
+    return final
+
+
+def all_events(client, job_id: str) -> list[trainer_pb2.TrainingEvent]:
+    """Every event of a job so far, in sequence order."""
+    return list(client.stream_metrics(job_id, after_sequence=0, follow=False))
+
+
+def train_losses(events) -> list[float]:
+    """The training loss of each logged step, in order."""
+    return [e.metrics.values["loss"] for e in events
+            if e.WhichOneof("payload") == "metrics" and "loss" in e.metrics.values]

@@ -18,26 +18,9 @@ from safetensors.torch import load_file
 
 from lmforge.v1 import common_pb2, trainer_pb2
 from tests.conftest import EXAMPLES
-from tests.helpers import rpc_code, sft_request, wait_for
+from tests.helpers import all_events, rpc_code, run_job, sft_request, train_losses, wait_for
 
 SUCCEEDED = trainer_pb2.JOB_STATE_SUCCEEDED
-
-
-def run_job(client, request: dict) -> trainer_pb2.Job:
-    job = client.start_training(request)
-    final = client.wait(job.id)
-    assert final.state == SUCCEEDED, f"{trainer_pb2.JobState.Name(final.state)}: {final.error}"
-    return final
-
-
-def all_events(client, job_id: str) -> list[trainer_pb2.TrainingEvent]:
-    return list(client.stream_metrics(job_id, after_sequence=0, follow=False))
-
-
-def train_losses(events) -> list[float]:
-    return [e.metrics.values["loss"] for e in events
-            if e.WhichOneof("payload") == "metrics" and "loss" in e.metrics.values]
-
 
 def test_lora_job_succeeds_streams_metrics_and_saves_adapters(trainer_client, tiny_model_id, demo_dataset_id,
                                                               trainer_server):
@@ -293,14 +276,48 @@ def test_queued_job_can_be_cancelled_before_it_runs(trainer_client, tiny_model_i
         assert trainer_client.cancel_job(job.id).state == trainer_pb2.JOB_STATE_CANCELLED
 
 
-def test_eval_split_and_packing(trainer_client, tiny_model_id, demo_dataset_id):
+def eval_events(events) -> list[trainer_pb2.TrainingEvent]:
+    return [e for e in events if e.WhichOneof("payload") == "metrics" and e.metrics.phase == "eval"]
+
+
+def test_eval_split_and_packing_mark_the_best_checkpoint(trainer_client, tiny_model_id, demo_dataset_id):
     request = sft_request(tiny_model_id, demo_dataset_id, max_steps=4, packing=True)
     request["eval"] = {"split_ratio": 0.2, "every_steps": 2}
     job = run_job(trainer_client, request)
-    evals = [e.metrics.values for e in all_events(trainer_client, job.id)
-             if e.WhichOneof("payload") == "metrics" and e.metrics.phase == "eval"]
-    assert len(evals) == 3, "at steps 2 and 4, and the final evaluation"
-    for values in evals:
+    evals = eval_events(all_events(trainer_client, job.id))
+    assert [e.step for e in evals] == [2, 4, 4], "at steps 2 and 4, and the final evaluation"
+    for event in evals:
+        values = event.metrics.values
         assert values["eval_perplexity"] == pytest.approx(math.exp(values["eval_loss"]), rel=1e-6)
-    [final] = trainer_client.list_checkpoints(job_id=job.id)
+    checkpoints = {c.id: c for c in trainer_client.list_checkpoints(job_id=job.id)}
+    final = checkpoints[job.result_checkpoint_id]
     assert "eval_loss" in final.metrics, "final metrics (eval included) are in the manifest"
+    [best] = [c for c in checkpoints.values() if c.is_best]
+    best_eval = min(evals, key=lambda e: e.metrics.values["eval_loss"])
+    assert best.step == best_eval.step and best.labels["best_metric"] == "eval_loss"
+    assert float(best.labels["best_value"]) == pytest.approx(best_eval.metrics.values["eval_loss"], rel=1e-5)
+
+
+def test_early_stopping_stops_when_the_eval_metric_stops_improving(trainer_client, tiny_model_id, learn_dataset_id):
+    """A threshold no evaluation can beat makes every evaluation after the first a non-improvement, so
+    with patience 2 training must stop at the third evaluation (step 6) of the 40 planned steps."""
+    request = sft_request(tiny_model_id, learn_dataset_id, max_steps=40)
+    request["eval"] = {"split_ratio": 0.25, "every_steps": 2, "early_stopping_patience": 2,
+                       "early_stopping_threshold": 1e9}
+    job = run_job(trainer_client, request)
+    assert job.current_step == 6 and job.total_steps == 40
+    events = all_events(trainer_client, job.id)
+    assert any(e.WhichOneof("payload") == "log" and "early stopping after step 6" in e.log.message for e in events)
+    [best] = [c for c in trainer_client.list_checkpoints(job_id=job.id) if c.is_best]
+    evals = eval_events(events)
+    assert best.step == min(evals, key=lambda e: e.metrics.values["eval_loss"]).step, \
+        "the best checkpoint is the truly best evaluation (the threshold only drives stopping)"
+
+
+def test_early_stopping_needs_periodic_evaluation(trainer_client, tiny_model_id, learn_dataset_id):
+    request = sft_request(tiny_model_id, learn_dataset_id)
+    request["eval"] = {"early_stopping_patience": 2}
+    with pytest.raises(grpc.RpcError) as info:
+        trainer_client.start_training(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request_fields(info.value) >= {"eval.early_stopping_patience", "eval.every_steps"}
