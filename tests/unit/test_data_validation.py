@@ -325,6 +325,31 @@ def test_prompt_completion_text_and_preference(tmp_path):
     assert check(tmp_path, [{"prompt": "q", "chosen": "a", "rejected": "b"}], method="reward").ok
 
 
+def test_unpaired_preference_for_kto(tmp_path):
+    rows = [
+        {"prompt": "问题", "completion": "好的回答", "label": True},
+        {"prompt": [U("q")], "completion": [A("bad answer")], "label": False},
+        {"prompt": "q", "completion": "a", "label": "true"},  # as a CSV cell reads
+        {"prompt": "q", "completion": "a", "label": "yes"},
+        {"prompt": "q", "completion": "", "label": 1},
+    ]
+    result = check(tmp_path, rows, method="kto")
+    assert result.format is DatasetFormat.UNPAIRED_PREFERENCE, "label makes it unpaired, not prompt/completion"
+    assert fields(result) == {4: ["label"], 5: ["completion", "label"]}
+    assert "desirable" in result.violations[0].hint
+    pairs = check(tmp_path, [{"prompt": "q", "chosen": "a", "rejected": "b"}], method="kto")
+    assert pairs.ok and pairs.format is DatasetFormat.PREFERENCE, "KTO also takes pairs"
+    sigmoid = check(tmp_path, rows[:1], method="dpo")
+    assert not sigmoid.ok and "prompt + chosen + rejected" in sigmoid.violations[0].hint
+
+
+def test_evaluate_takes_text_or_answers(tmp_path):
+    assert check(tmp_path, [{"text": "一段文本"}], method="evaluate").format is DatasetFormat.TEXT
+    assert check(tmp_path, [{"prompt": "1+1=", "completion": "2"}], method="evaluate").format is \
+        DatasetFormat.PROMPT_COMPLETION
+    assert check(tmp_path, [{"messages": [U("q"), A("a")]}], method="evaluate").format is DatasetFormat.MESSAGES
+
+
 def test_format_mismatch_rows_are_reported(tmp_path):
     rows = [
         {"unrelated": 1},
