@@ -75,6 +75,10 @@ class ModelRegistry:
             raise FailedPrecondition(
                 f"{field_name}: {model_id!r} is a LoRA adapter; load its base model {manifest.base_model_id!r} "
                 f"and pass the adapter as adapter_id")
+        if manifest.kind is EntryKind.REWARD_MODEL:
+            raise FailedPrecondition(
+                f"{field_name}: {model_id!r} is a reward model: it scores responses and does not generate text; "
+                "name it as the reward model of an RL training job instead")
         return manifest
 
     def load(self, model_id: str, backend_kind: str = "transformers", options: LoadOptions | None = None) -> LoadedModel:

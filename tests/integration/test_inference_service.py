@@ -179,6 +179,9 @@ def test_bad_input_gets_precise_status_codes(client, store_root, tiny_model_id, 
     assert rpc_code(first(model_id="tiny-qwen", adapter_id=trained_adapter_id, messages=CHAT)) == \
         grpc.StatusCode.FAILED_PRECONDITION
     assert rpc_code(first(model_id=trained_adapter_id, messages=CHAT)) == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as info:
+        next(client.generate(_tiny_reward_model(store, tiny_model_id), messages=CHAT))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "reward model" in info.value.details()
 
     with pytest.raises(grpc.RpcError) as info:
         next(client.generate(tiny_model_id, messages=CHAT, temperature=2.5))
@@ -192,6 +195,20 @@ def test_bad_input_gets_precise_status_codes(client, store_root, tiny_model_id, 
     assert "context of 512" in info.value.details()
     assert rpc_code(first(model_id=tiny_model_id, messages=[{"role": "robot", "content": "hi"}])) == \
         grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _tiny_reward_model(store, base_id: str) -> str:
+    """A real one-score sequence classifier on the tiny base, stored as a REWARD_MODEL entry."""
+    from transformers import AutoModelForSequenceClassification
+
+    from services.common.store import EntryKind, Manifest
+
+    reward_id = "tiny-reward-scorer"
+    if not store.exists(reward_id):
+        model = AutoModelForSequenceClassification.from_pretrained(store.path_of(base_id), num_labels=1)
+        with store.write_entry(Manifest(id=reward_id, kind=EntryKind.REWARD_MODEL, base_model_id=base_id)) as out:
+            model.save_pretrained(out)
+    return reward_id
 
 
 def test_tokenize_counts_tokens_of_text_and_chat(client, tiny_model_id):
