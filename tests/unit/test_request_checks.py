@@ -1,0 +1,119 @@
+"""StartTraining / Evaluate request checks (services/trainer/convert.py): every method's typed fields,
+defaults and violations, without a server. The store holds real manifests; no weights are needed."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import json_format
+
+from lmforge.v1 import trainer_pb2
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.store import CheckpointStore, EntryKind, Manifest
+from services.trainer.convert import evaluate_spec_from_request, spec_from_request
+from services.trainer.datasets import DatasetRegistry
+from services.trainer.spec import TrainingSpec
+
+
+@pytest.fixture()
+def env(tmp_path):
+    store = CheckpointStore(tmp_path / "store")
+    for manifest in (Manifest(id="base", kind=EntryKind.BASE_MODEL, has_tokenizer=True),
+                     Manifest(id="other-base", kind=EntryKind.BASE_MODEL, has_tokenizer=True),
+                     Manifest(id="lora", kind=EntryKind.ADAPTER, base_model_id="base"),
+                     Manifest(id="scorer", kind=EntryKind.REWARD_MODEL, base_model_id="base")):
+        with store.write_entry(manifest) as out:
+            (out / "config.json").write_text("{}")
+    datasets = DatasetRegistry(tmp_path / "datasets")
+    dataset = datasets.upload("d.jsonl", None, [b'{"text": "x"}\n'])
+    return store, datasets, dataset.id
+
+
+def build(env, **fields) -> TrainingSpec:
+    store, datasets, dataset_id = env
+    request = json_format.ParseDict({"base_model_id": "base", "dataset_id": dataset_id, **fields},
+                                    trainer_pb2.StartTrainingRequest())
+    return spec_from_request(request, store, datasets, gpu=False)
+
+
+def violations(env, **fields) -> set[str]:
+    with pytest.raises(InvalidArgument) as info:
+        build(env, **fields)
+    return {v.field for v in info.value.violations}
+
+
+def test_pretrain_defaults_and_shape_checks(env):
+    spec = build(env, base_model_id="", pretrain={"hidden_size": 128, "num_attention_heads": 4})
+    config = spec.method_config
+    assert spec.base_model_id == "" and spec.adapter.type == "full", "from scratch trains every weight"
+    assert (config.architecture, config.num_key_value_heads, config.intermediate_size) == ("llama", 4, 384)
+    assert spec.dataset_rules == "pretrain" and spec.dataset_format == "text"
+    assert violations(env, base_model_id="", pretrain={"hidden_size": 100, "num_attention_heads": 3,
+                                                      "num_key_value_heads": 2, "architecture": "gpt9"}) == {
+        "pretrain.num_attention_heads", "pretrain.num_key_value_heads", "pretrain.architecture"}
+    assert violations(env, pretrain={}, adapter={"type": "ADAPTER_LORA"}) == {"base_model_id", "adapter.type"}
+
+
+def test_pretrain_tokenizer_must_exist(env):
+    from services.common.errors import NotFound
+
+    with pytest.raises(NotFound):
+        build(env, base_model_id="", pretrain={"tokenizer_from": "nope"})
+    with pytest.raises(FailedPrecondition):
+        build(env, base_model_id="", pretrain={"tokenizer_from": "lora"})
+
+
+def test_dpo_family_fields(env):
+    spec = build(env, dpo={})
+    assert (spec.method_config.loss, spec.method_config.beta, spec.dataset_rules) == ("sigmoid", 0.1, "dpo")
+    kto = build(env, dpo={"loss": "PREFERENCE_LOSS_KTO", "beta": 0.5})
+    assert (kto.method_config.loss, kto.method_config.beta, kto.dataset_rules) == ("kto", 0.5, "kto")
+    assert not build(env, dpo={"loss": "PREFERENCE_LOSS_SIMPO"}).method_config.uses_reference
+    assert violations(env, dpo={"beta": 0.0, "simpo_gamma": -1.0}) == {"dpo.beta", "dpo.simpo_gamma"}
+
+
+def test_vocabulary_expansion_and_reward_checks(env):
+    spec = build(env, sft={"vocabulary": {"new_tokens": ["锻造炉", "forgeweld"]}})
+    assert spec.method_config.new_tokens == ["锻造炉", "forgeweld"]
+    assert violations(env, continued_pretrain={"vocabulary": {"new_tokens": ["a", "a", " "]}}) == {
+        "continued_pretrain.vocabulary.new_tokens[1]", "continued_pretrain.vocabulary.new_tokens[2]"}
+    assert violations(env, sft={"vocabulary": {"new_tokens": ["x"]}}, adapter={"type": "ADAPTER_QLORA"}) == {
+        "adapter.type"}
+    assert violations(env, reward={}, adapter={"type": "ADAPTER_QLORA"}) == {"adapter.type"}
+    assert build(env, reward={"center_rewards_coefficient": 0.01}).method_config.center_rewards_coefficient == 0.01
+
+
+def test_trainable_bases(env):
+    with pytest.raises(FailedPrecondition, match="LoRA adapter"):
+        build(env, base_model_id="lora", dpo={})
+    with pytest.raises(FailedPrecondition, match="reward model"):
+        build(env, base_model_id="scorer", sft={})
+    assert build(env, base_model_id="scorer", reward={}).base_model_id == "scorer", "a reward model trains on"
+
+
+def test_eval_policy(env):
+    spec = build(env, sft={}, eval={"split_ratio": 0.1, "every_steps": 5, "metric_for_best": "rewards/accuracies",
+                                    "early_stopping_patience": 3})
+    assert spec.eval.metric_for_best == "eval_rewards/accuracies" and spec.eval.greater_is_better
+    assert not build(env, sft={}, eval={"metric_for_best": "perplexity"}).eval.greater_is_better
+    assert violations(env, sft={}, eval={"early_stopping_patience": 1}) == {"eval.early_stopping_patience",
+                                                                          "eval.every_steps"}
+
+
+def test_evaluate_requests(env):
+    store, datasets, dataset_id = env
+
+    def evaluate(**fields):
+        return evaluate_spec_from_request(json_format.ParseDict({"dataset_id": dataset_id, **fields},
+                                                                trainer_pb2.EvaluateRequest()), store, datasets)
+
+    spec = evaluate(model_id="lora")
+    assert (spec.method, spec.base_model_id, spec.method_config.adapter_id) == ("evaluate", "base", "lora"), \
+        "an adapter given as model_id is evaluated on its base"
+    assert spec.method_config.max_new_tokens == 128 and spec.dataset_rules == "evaluate"
+    with pytest.raises(InvalidArgument) as info:
+        evaluate(model_id="base", metrics=["bleu", "meteor"])
+    assert {v.field for v in info.value.violations} == {"metrics[1]"}
+    with pytest.raises(FailedPrecondition, match="trained on 'base'"):
+        evaluate(model_id="other-base", adapter_id="lora")
+    with pytest.raises(FailedPrecondition, match="reward model"):
+        evaluate(model_id="scorer")
