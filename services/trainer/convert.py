@@ -62,7 +62,8 @@ _FILE_FORMATS_BY_NUMBER = {number: ff for ff, number in _FILE_FORMATS.items()}
 class _Checks:
     """Collects request violations; `raise_if_any` reports them all in one INVALID_ARGUMENT."""
 
-    def __init__(self) -> None:
+    def __init__(self, request_name: str = "StartTrainingRequest") -> None:
+        self.request_name = request_name
         self.violations: list[Violation] = []
 
     def require(self, ok: bool, field: str, reason: str, hint: str = "") -> None:
@@ -77,7 +78,7 @@ class _Checks:
     def raise_if_any(self) -> None:
         if self.violations:
             fields = ", ".join(v.field for v in self.violations)
-            raise InvalidArgument(f"invalid StartTrainingRequest ({fields})", self.violations)
+            raise InvalidArgument(f"invalid {self.request_name} ({fields})", self.violations)
 
 
 def method_name(request: trainer_pb2.StartTrainingRequest) -> str:
@@ -323,7 +324,7 @@ def evaluate_spec_from_request(request: trainer_pb2.EvaluateRequest, store: Chec
 
     model_id may name an adapter directly (then its base is used). Raises InvalidArgument, NotFound,
     FailedPrecondition."""
-    checks = _Checks()
+    checks = _Checks("EvaluateRequest")
     checks.require(bool(request.model_id), "model_id", "empty", "name a model or adapter from the checkpoint store")
     checks.require(bool(request.dataset_id), "dataset_id", "empty", "upload the data and pass the id it returns")
     metrics = list(dict.fromkeys(request.metrics))
@@ -335,6 +336,10 @@ def evaluate_spec_from_request(request: trainer_pb2.EvaluateRequest, store: Chec
     for name in ("max_new_tokens", "max_samples", "batch_size"):
         if getattr(request, name):
             setattr(config, name, getattr(request, name))
+    answer_metrics = [m for m in metrics if m != "perplexity"]
+    checks.require(not (config.format == "text" and answer_metrics), "metrics",
+                   f"{', '.join(answer_metrics)} compare answers, and text rows have none",
+                   "ask text rows for perplexity only, or use prompt/completion rows")
     checks.in_range(config.max_new_tokens, "max_new_tokens", 1, 65_536)
     checks.in_range(config.max_samples, "max_samples", 0, 100_000_000)
     checks.in_range(config.batch_size, "batch_size", 1, 4096)

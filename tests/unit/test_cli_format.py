@@ -357,3 +357,128 @@ def test_global_options_work_after_the_subcommand(monkeypatch):
 def test_main_reports_local_errors_with_exit_2(tmp_path, capsys):
     assert cli.main(["--address", "127.0.0.1:1", "train", "-f", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+# ------------------------------------------------------------------------------- evaluation and BEST
+
+
+def _evaluation(job_id, **metrics):
+    return common_pb2.EvaluationResult(job_id=job_id, dataset_id="ds-1", metrics=metrics, samples=4)
+
+
+def test_format_evaluation_summary():
+    assert (cli.format_evaluation_summary({"bleu": 31.234, "rougeL": 0.4512, "exact_match": 0.5, "rouge1": 0.6,
+                                           "f1": 0.625})
+            == "em 0.50 f1 0.62 bleu 31.2 rougeL 0.45")
+    assert cli.format_evaluation_summary({"perplexity": 12.345}) == "ppl 12.3"
+    assert cli.format_evaluation_summary({"accuracy": 0.75, "macro_f1": 0.7777}) == "acc 0.75 macro_f1 0.78"
+    assert cli.format_evaluation_summary({}) == "-"
+
+
+def test_checkpoint_rows_show_best_and_the_newest_evaluation():
+    ckpts = [
+        common_pb2.Checkpoint(id="ad-1", kind=common_pb2.ADAPTER, base_model_id="tiny", method="sft", job_id="j",
+                              step=3, is_best=True, size_bytes=2048, evaluations=[
+                                  _evaluation("e1", perplexity=99.0), _evaluation("e2", bleu=31.2, rougeL=0.45,
+                                                                                  exact_match=0.5)]),
+        common_pb2.Checkpoint(id="ad-2", kind=common_pb2.ADAPTER, base_model_id="tiny", method="sft", job_id="j",
+                              step=6, is_final=True),
+    ]
+    text = cli.format_table(cli.CHECKPOINT_HEADERS, cli.checkpoint_rows(ckpts))
+    header, first, second = text.splitlines()
+    assert header.split() == ["ID", "KIND", "BASE", "MODEL", "METHOD", "JOB", "STEP", "FINAL", "BEST", "SIZE",
+                              "CREATED", "EVAL"]
+    assert first.startswith("ad-1") and first.endswith("em 0.50 bleu 31.2 rougeL 0.45")
+    assert "yes" in first.split() and "2.0 KiB" in first
+    row = cli.checkpoint_rows(ckpts)[1]
+    assert row[cli.CHECKPOINT_HEADERS.index("FINAL")] == "yes"
+    assert row[cli.CHECKPOINT_HEADERS.index("BEST")] == ""
+    assert row[cli.CHECKPOINT_HEADERS.index("EVAL")] == "-"
+
+
+def test_cmd_checkpoints_json_is_unchanged(capsys):
+    ckpt = common_pb2.Checkpoint(id="ad-1", kind=common_pb2.ADAPTER, is_best=True,
+                                 evaluations=[_evaluation("e1", bleu=10.0)])
+
+    class Client:
+        def list_checkpoints(self, **kw):
+            return [ckpt]
+
+    args = cli.build_parser().parse_args(["checkpoints", "--json"])
+    assert cli.cmd_checkpoints(Client(), args) == 0
+    line = capsys.readouterr().out.strip()
+    assert json.loads(line) == json.loads(cli.to_json(ckpt))
+
+
+def test_evaluation_rows_and_find_evaluation():
+    rows = cli.evaluation_rows({"rougeL": 0.25, "bleu": 53.7285, "zeta": 1.0, "exact_match": 0.5, "rouge1": 0.5})
+    assert rows == [("exact_match", "0.5"), ("bleu", "53.73"), ("rouge1", "0.5"), ("rougeL", "0.25"), ("zeta", "1")]
+
+    job = trainer_pb2.Job(id="e2", result_checkpoint_id="ad-1", latest_metrics={"bleu": 1.0, "progress": 1.0,
+                                                                                "samples": 4.0})
+    ckpts = [common_pb2.Checkpoint(id="other", evaluations=[_evaluation("e2", bleu=9.0)]),
+             common_pb2.Checkpoint(id="ad-1", evaluations=[_evaluation("e1", bleu=5.0), _evaluation("e2", bleu=7.0)])]
+    assert cli.find_evaluation(ckpts, job) == ({"bleu": 7.0}, 4)
+    assert cli.find_evaluation([], job) == ({"bleu": 1.0}, 4)  # not in the store: the job's latest metrics
+
+
+def test_evaluate_progress_events_print_as_a_progress_line():
+    event = trainer_pb2.TrainingEvent(sequence=5, step=1, metrics=trainer_pb2.MetricsEvent(
+        phase="eval", values={"progress": 0.5, "eta_seconds": 4.0}, total_steps=2))
+    assert cli.format_event_line(event) == "eval 50% step 1/2 ETA 0:04"
+    final = trainer_pb2.TrainingEvent(sequence=6, step=2, metrics=trainer_pb2.MetricsEvent(
+        phase="eval", values={"progress": 1.0, "bleu": 12.5}, total_steps=2))
+    assert cli.format_event_line(final) == "eval step 2: bleu 12.5 progress 1"
+
+
+class FakeEvalClient(FakeClient):
+    def __init__(self):
+        super().__init__()
+        self.evaluations: list[tuple] = []
+
+    def evaluate(self, model_id, dataset_id, **kw):
+        self.evaluations.append((model_id, dataset_id, kw))
+        return trainer_pb2.Job(id="job-1", method="evaluate", state=trainer_pb2.JOB_STATE_VALIDATING)
+
+    def get_job(self, job_id):
+        job = super().get_job(job_id)
+        job.method = "evaluate"
+        job.evaluation.CopyFrom(trainer_pb2.EvaluateRequest(model_id="tiny", adapter_id="ad-1", dataset_id="ds-1",
+                                                            metrics=["bleu"]))
+        return job
+
+    def list_checkpoints(self, **kw):
+        return [common_pb2.Checkpoint(id="ad-1", evaluations=[_evaluation("job-1", bleu=31.25, rougeL=0.5)])]
+
+
+def test_cmd_evaluate_uploads_sends_flags_follows_and_prints_results(tmp_path, capsys):
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"prompt": "q", "completion": "a"}\n')
+    client = FakeEvalClient()
+    args = cli.build_parser().parse_args(["evaluate", "tiny", "--dataset", str(data), "--adapter", "ad-1",
+                                          "--metric", "bleu,rouge", "--metric", "exact_match", "--max-new-tokens",
+                                          "8", "--max-samples", "4", "--format", "prompt_completion", "--follow"])
+    assert cli.cmd_evaluate(client, args) == 0
+    (model_id, dataset_id, kw), = client.evaluations
+    assert (model_id, dataset_id) == ("tiny", "ds-uploaded")
+    assert kw["adapter_id"] == "ad-1" and kw["metrics"] == ["bleu", "rouge", "exact_match"]
+    assert (kw["max_new_tokens"], kw["max_samples"], kw["batch_size"]) == (8, 4, 0)
+    assert kw["format"] == trainer_pb2.DATASET_FORMAT_PROMPT_COMPLETION
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "job-1" and "final state: SUCCEEDED" in lines
+    assert lines[-4:] == ["evaluation of ad-1 on ds-uploaded (4 rows):", "METRIC  VALUE", "bleu    31.25",
+                          "rougeL  0.5"]
+
+
+def test_cmd_evaluate_requires_a_dataset(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["evaluate", "tiny"])
+    assert "--dataset" in capsys.readouterr().err
+
+
+def test_jobs_get_shows_the_evaluated_model_adapter_and_dataset(capsys):
+    args = cli.build_parser().parse_args(["jobs", "get", "job-1"])
+    assert cli.cmd_jobs(FakeEvalClient(), args) == 0
+    rows = {line.split("  ")[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert (rows["model"], rows["adapter"], rows["dataset"], rows["metrics"]) == ("tiny", "ad-1", "ds-1", "bleu")
+    assert "base model" not in rows

@@ -5,7 +5,8 @@
     lmforge train -f examples/jobs/sft_lora.yaml --dataset data/train.jsonl --max-steps 100 --follow
     lmforge metrics JOB_ID                                         # live progress line, exit 0/1
     lmforge jobs list --state running
-    lmforge checkpoints --job JOB_ID
+    lmforge checkpoints --job JOB_ID                               # BEST mark, newest EVAL scores
+    lmforge evaluate tiny-llama --dataset data/qa.jsonl --metric bleu --metric rouge --follow
 
     lmforge models                                                 # store entries, what is loaded, how
     lmforge models load smollm2-135m-instruct --quantization nf4
@@ -119,6 +120,9 @@ def format_metrics_line(event: trainer_pb2.TrainingEvent, total_steps: int = 0, 
     metrics = event.metrics
     values = dict(metrics.values)
     total = metrics.total_steps or total_steps
+    if metrics.phase == "eval" and values and set(values) <= {"progress", "eta_seconds"}:
+        # an Evaluate job's progress (its results come in a last eval event with every metric)
+        return "eval " + format_progress_line(event.step, total, values, bar_width=bar_width)
     if metrics.phase == "eval":
         shown = " ".join(f"{k} {format_number(v)}" for k, v in sorted(values.items()))
         return f"eval step {event.step}: {shown}".rstrip(": ")
@@ -242,6 +246,62 @@ def job_outcome_lines(job: trainer_pb2.Job) -> list[str]:
             lines.append("log tail:")
             lines += ["  " + line for line in job.error.log_tail.rstrip().splitlines()]
     return lines
+
+
+# (metric name, short label) of the compact EVAL summary, in order; other metrics are left out of it.
+EVAL_SUMMARY_KEYS = (("perplexity", "ppl"), ("exact_match", "em"), ("accuracy", "acc"), ("f1", "f1"),
+                     ("macro_f1", "macro_f1"), ("bleu", "bleu"), ("rougeL", "rougeL"))
+# Order of the full result table; metrics not named here follow, sorted.
+EVAL_METRIC_ORDER = ("perplexity", "exact_match", "accuracy", "f1", "macro_f1", "bleu", "rouge1", "rouge2", "rougeL")
+# Values of an evaluate job's progress events that are not results.
+EVAL_PROGRESS_KEYS = ("progress", "eta_seconds", "samples")
+
+
+def format_evaluation_summary(metrics: dict[str, float]) -> str:
+    """`ppl 12.3 em 0.50 f1 0.62 bleu 31.2 rougeL 0.45`: perplexity and BLEU with one decimal, the 0-1
+    scores with two; "-" when none of EVAL_SUMMARY_KEYS is present."""
+    parts = []
+    for name, label in EVAL_SUMMARY_KEYS:
+        if name in metrics:
+            value = metrics[name]
+            parts.append(f"{label} {value:.1f}" if name in ("perplexity", "bleu") else f"{label} {value:.2f}")
+    return " ".join(parts) or "-"
+
+
+CHECKPOINT_HEADERS = ("ID", "KIND", "BASE MODEL", "METHOD", "JOB", "STEP", "FINAL", "BEST", "SIZE", "CREATED",
+                      "EVAL")
+
+
+def checkpoint_rows(ckpts: Iterable[common_pb2.Checkpoint]) -> list[list]:
+    """One row per checkpoint (CHECKPOINT_HEADERS); EVAL summarises its newest evaluation."""
+    rows = []
+    for c in ckpts:
+        summary = format_evaluation_summary(dict(c.evaluations[-1].metrics)) if c.evaluations else "-"
+        rows.append([c.id, checkpoint_kind_name(c.kind), c.base_model_id or "-", c.method or "-", c.job_id or "-",
+                     c.step, "yes" if c.is_final else "", "yes" if c.is_best else "", format_bytes(c.size_bytes),
+                     format_timestamp(c.created_at), summary])
+    return rows
+
+
+def evaluation_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """(metric, value) rows in EVAL_METRIC_ORDER, then any other metric by name."""
+    known = [m for m in EVAL_METRIC_ORDER if m in metrics]
+    others = sorted(m for m in metrics if m not in EVAL_METRIC_ORDER)
+    return [(m, format_number(metrics[m])) for m in known + others]
+
+
+def find_evaluation(ckpts: Iterable[common_pb2.Checkpoint], job: trainer_pb2.Job) -> tuple[dict[str, float], int]:
+    """(metrics, rows scored) of an evaluate job: from the evaluated entry's manifest, or else from the
+    job's latest metrics (rows scored then 0 unless reported)."""
+    for c in ckpts:
+        if c.id != job.result_checkpoint_id:
+            continue
+        for result in reversed(c.evaluations):
+            if result.job_id == job.id:
+                return dict(result.metrics), result.samples
+    latest = dict(job.latest_metrics)
+    samples = int(latest.get("samples", 0))
+    return {k: v for k, v in latest.items() if k not in EVAL_PROGRESS_KEYS}, samples
 
 
 # ---------------------------------------------------------------------------- train request building
@@ -636,11 +696,16 @@ def cmd_jobs(client: TrainerClient, args: argparse.Namespace) -> int:
         if args.json:
             print(to_json(job))
             return EXIT_OK
-        req = job.request
-        rows = [
-            ("id", job.id), ("name", job.display_name or "-"), ("state", job_state_name(job.state)),
-            ("method", job.method or "-"), ("base model", req.base_model_id or "-"),
-            ("dataset", req.dataset_id or "-"), ("device", job.device or "-"),
+        rows = [("id", job.id), ("name", job.display_name or "-"), ("state", job_state_name(job.state)),
+                ("method", job.method or "-")]
+        if job.HasField("evaluation"):
+            ev = job.evaluation
+            rows += [("model", ev.model_id or "-"), ("adapter", ev.adapter_id or "-"),
+                     ("dataset", ev.dataset_id or "-"), ("metrics", ",".join(ev.metrics) or "default")]
+        else:
+            rows += [("base model", job.request.base_model_id or "-"), ("dataset", job.request.dataset_id or "-")]
+        rows += [
+            ("device", job.device or "-"),
             ("step", f"{job.current_step}/{job.total_steps}"), ("created", format_timestamp(job.created_at)),
             ("started", format_timestamp(job.started_at)), ("finished", format_timestamp(job.finished_at)),
             ("last sequence", job.last_sequence),
@@ -669,11 +734,29 @@ def cmd_checkpoints(client: TrainerClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json_lines(ckpts)
         return EXIT_OK
-    rows = [[c.id, checkpoint_kind_name(c.kind), c.base_model_id or "-", c.method or "-", c.job_id or "-",
-             c.step, "yes" if c.is_final else "", format_bytes(c.size_bytes), format_timestamp(c.created_at)]
-            for c in ckpts]
-    print(format_table(["ID", "KIND", "BASE MODEL", "METHOD", "JOB", "STEP", "FINAL", "SIZE", "CREATED"], rows))
+    print(format_table(CHECKPOINT_HEADERS, checkpoint_rows(ckpts)))
     return EXIT_OK
+
+
+def cmd_evaluate(client: TrainerClient, args: argparse.Namespace) -> int:
+    dataset_id = _resolve_dataset(client, args.dataset)
+    metrics = [m.strip() for arg in (args.metric or []) for m in arg.split(",") if m.strip()]
+    job = client.evaluate(args.model_id, dataset_id, adapter_id=args.adapter or "", metrics=metrics,
+                          max_new_tokens=args.max_new_tokens or 0, max_samples=args.max_samples or 0,
+                          batch_size=args.batch_size or 0, format=parse_dataset_format(args.format),
+                          display_name=args.name or "")
+    print(to_json(job) if args.json else job.id, flush=True)
+    if not args.follow:
+        return EXIT_OK
+    code = follow_job(client, job.id, json_mode=args.json)
+    if code == EXIT_OK and not args.json:
+        job = client.get_job(job.id)
+        if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
+            metrics_found, samples = find_evaluation(client.list_checkpoints(), job)
+            target = job.result_checkpoint_id or args.model_id
+            print(f"\nevaluation of {target} on {dataset_id}" + (f" ({samples} rows)" if samples else "") + ":")
+            print(format_table(["METRIC", "VALUE"], evaluation_rows(metrics_found)))
+    return code
 
 
 def validation_report_lines(report: trainer_pb2.ValidationReport) -> list[str]:
@@ -972,6 +1055,26 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--kind", choices=["base", "full", "adapter"])
     ckpt.add_argument("--base-model", help="only those trained from this model")
     ckpt.set_defaults(func=cmd_checkpoints)
+
+    ev = sub.add_parser(
+        "evaluate", parents=[common], help="score a model or adapter on a dataset (an Evaluate job)",
+        description="Text rows give perplexity; prompt/answer rows are answered greedily and compared with "
+                    "their reference. Results land in the entry's manifest (`lmforge checkpoints`).")
+    ev.add_argument("model_id", metavar="MODEL", help="store id of the model (or of an adapter) to score")
+    ev.add_argument("--dataset", required=True, help="dataset id, or a local file to upload first")
+    ev.add_argument("--adapter", help="store id of a LoRA adapter trained on MODEL")
+    ev.add_argument("--metric", action="append", metavar="NAME",
+                    help="perplexity, exact_match, accuracy, f1, macro_f1, bleu or rouge (repeatable or "
+                         "comma-separated; default: perplexity for text, exact_match,f1,bleu,rouge for answers)")
+    ev.add_argument("--max-new-tokens", type=int, help="greedy generation budget per answer [128]")
+    ev.add_argument("--max-samples", type=int, help="score only the first N rows [all]")
+    ev.add_argument("--batch-size", type=int, help="rows per batch [8]")
+    ev.add_argument("--format", default="auto",
+                    help="messages, alpaca, sharegpt, prompt_completion, text or auto")
+    ev.add_argument("--name", help="display name")
+    ev.add_argument("--follow", action="store_true",
+                    help="follow the job like `lmforge metrics`, then print the results")
+    ev.set_defaults(func=cmd_evaluate)
 
     ds = sub.add_parser("datasets", parents=[common], help="upload, list and validate datasets")
     ds_sub = ds.add_subparsers(dest="datasets_cmd", required=True, metavar="ACTION")

@@ -14,6 +14,7 @@
         for event in client.stream_metrics(job.id):   # survives server restarts
             print(event.sequence, event.WhichOneof("payload"))
         print(client.get_job(job.id).result_checkpoint_id)
+        scored = client.wait(client.evaluate("smollm2-135m-instruct", dataset.id, metrics=["bleu", "rouge"]).id)
 
     with InferenceClient("127.0.0.1:50052") as client:
         client.load_model("smollm2-135m-instruct", quantization="nf4")
@@ -47,11 +48,12 @@ TERMINAL_STATES = frozenset(
     {trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED}
 )
 
-# Unary calls are safe to retry on UNAVAILABLE: reads are reads, StartTraining is idempotent on request_id
-# (which start_training always fills) and CancelJob on a cancelled job is a no-op. StreamMetrics resumes by
-# hand (from the last sequence seen) and UploadDataset is not retried (it streams a whole file).
-_RETRIED_METHODS = ("StartTraining", "GetJob", "ListJobs", "CancelJob", "ListCheckpoints", "ListDatasets",
-                    "ValidateDataset")
+# Unary calls are safe to retry on UNAVAILABLE: reads are reads, StartTraining and Evaluate are idempotent on
+# request_id (which start_training and evaluate always fill) and CancelJob on a cancelled job is a no-op.
+# StreamMetrics resumes by hand (from the last sequence seen) and UploadDataset is not retried (it streams a
+# whole file).
+_RETRIED_METHODS = ("StartTraining", "Evaluate", "GetJob", "ListJobs", "CancelJob", "ListCheckpoints",
+                    "ListDatasets", "ValidateDataset")
 
 
 def retry_service_config(service: str, methods: Iterable[str]) -> str:
@@ -257,6 +259,46 @@ class TrainerClient(_ServiceClient):
         json_format.ParseError for a malformed dict.
         """
         return self._stub.StartTraining(to_start_training_request(request), timeout=self.timeout)
+
+    def evaluate(
+        self,
+        model_id: str,
+        dataset_id: str,
+        *,
+        adapter_id: str = "",
+        metrics: Iterable[str] = (),
+        max_new_tokens: int = 0,
+        max_samples: int = 0,
+        batch_size: int = 0,
+        format: Any = 0,
+        display_name: str = "",
+        labels: dict[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> trainer_pb2.Job:
+        """Start an Evaluate job: score a model (or `adapter_id` on it) from the store on a dataset.
+
+        `metrics`: any of perplexity, exact_match, accuracy, f1, macro_f1, bleu, rouge (empty: perplexity for
+        text rows, exact_match + f1 + bleu + rouge for answers). Zero means the server default for
+        max_new_tokens (128), batch_size (8) and max_samples (all rows); `format` is a DatasetFormat
+        (0 / "auto" = detect). Follow the job like a training job (`wait`, `stream_metrics`); its results
+        land in the entry's `Checkpoint.evaluations` (`list_checkpoints`). A missing request_id becomes a
+        fresh uuid4 hex, so retries never start it twice. Raises grpc.RpcError (INVALID_ARGUMENT for an
+        unknown metric, NOT_FOUND, FAILED_PRECONDITION for an adapter of another model, ...).
+        """
+        request = trainer_pb2.EvaluateRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            display_name=display_name,
+            model_id=model_id,
+            adapter_id=adapter_id or "",
+            dataset_id=dataset_id,
+            format=parse_dataset_format(format),
+            metrics=list(metrics),
+            max_new_tokens=max_new_tokens,
+            max_samples=max_samples,
+            batch_size=batch_size,
+            labels=labels or {},
+        )
+        return self._stub.Evaluate(request, timeout=self.timeout)
 
     def get_job(self, job_id: str) -> trainer_pb2.Job:
         return self._stub.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout)
