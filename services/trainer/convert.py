@@ -9,6 +9,7 @@ from __future__ import annotations
 from lmforge.v1 import common_pb2, trainer_pb2
 from services.common.convert import manifest_to_proto, timestamp
 from services.common.errors import FailedPrecondition, InvalidArgument, Unimplemented, Violation
+from services.common.model_import import CAUSAL_LM_ARCHITECTURES
 from services.common.store import CheckpointStore, EntryKind, Manifest
 from services.trainer.data import DatasetFormat, FileFormat, ValidationResult
 from services.trainer.datasets import DatasetRegistry, StoredDataset
@@ -49,7 +50,6 @@ _PREFERENCE_LOSSES = {
     trainer_pb2.PREFERENCE_LOSS_SIMPO: "simpo",
     trainer_pb2.PREFERENCE_LOSS_KTO: "kto",
 }
-PRETRAIN_ARCHITECTURES = ("llama", "qwen2")
 _JOB_STATES = {state: getattr(trainer_pb2, f"JOB_STATE_{state.value}") for state in JobState}
 _DATASET_FORMATS = {fmt: getattr(trainer_pb2, f"DATASET_FORMAT_{fmt.name}") for fmt in DatasetFormat}
 _FILE_FORMATS = {ff: getattr(trainer_pb2, f"FILE_FORMAT_{ff.name}") for ff in FileFormat}
@@ -180,8 +180,8 @@ def _pretrain_config(proto: trainer_pb2.PretrainSpec, checks: _Checks) -> Pretra
     # Llama's MLP width is about 8/3 of the hidden size, rounded up to a multiple of 64.
     config.intermediate_size = proto.intermediate_size or -(-config.hidden_size * 8 // 3 // 64) * 64
     f = "pretrain."
-    checks.require(config.architecture in PRETRAIN_ARCHITECTURES, f + "architecture",
-                   f"unknown architecture {config.architecture!r}", f"use one of {', '.join(PRETRAIN_ARCHITECTURES)}")
+    checks.require(config.architecture in CAUSAL_LM_ARCHITECTURES, f + "architecture",
+                   f"unknown architecture {config.architecture!r}", f"use one of {', '.join(CAUSAL_LM_ARCHITECTURES)}")
     checks.in_range(config.hidden_size, f + "hidden_size", 16, 65_536)
     checks.in_range(config.num_layers, f + "num_layers", 1, 512)
     checks.in_range(config.num_attention_heads, f + "num_attention_heads", 1, 1024)

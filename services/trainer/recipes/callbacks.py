@@ -214,7 +214,7 @@ def standard_callbacks(ctx: RecipeContext, tokenizer, *, kind: EntryKind | None 
 
 
 def finish_training(ctx: RecipeContext, trainer, checkpointer: StoreCheckpointer, *, evaluate: bool) -> str:
-    """Train, evaluate once more at the end, save the final checkpoint, mark the best; returns its id.
+    """Train, evaluate at the end (unless that step was just evaluated), save the final checkpoint, mark the best; returns its id.
 
     Raises Cancelled if the job was cancelled. Logs when early stopping ended training."""
     from services.trainer.recipes.context import Cancelled
@@ -226,7 +226,8 @@ def finish_training(ctx: RecipeContext, trainer, checkpointer: StoreCheckpointer
     if 0 < step < trainer.state.max_steps:
         ctx.log(f"early stopping after step {step}: {ctx.spec.eval.metric_for_best} did not improve for "
                 f"{ctx.spec.eval.early_stopping_patience} evaluations", step=step)
-    if evaluate:
+    evaluated_now = any(entry.get("step") == step and "eval_loss" in entry for entry in trainer.state.log_history)
+    if evaluate and not evaluated_now:  # the periodic evaluation may have just run at this very step
         trainer.evaluate()
     final = checkpointer.save(trainer.model, step, is_final=True)
     best = next((c for c in trainer.callback_handler.callbacks if isinstance(c, BestCheckpointCallback)), None)

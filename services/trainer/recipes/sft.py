@@ -13,6 +13,7 @@ from services.trainer.recipes.adapters import describe_loaded_model, load_base_f
 from services.trainer.recipes.callbacks import finish_training, standard_callbacks
 from services.trainer.recipes.common import load_tokenizer, train_and_eval_datasets, training_arguments
 from services.trainer.recipes.context import RecipeContext
+from services.trainer.recipes.vocabulary import expand_for_training
 from services.trainer.spec import DatasetFile, SftConfig, TrainingSpec
 
 
@@ -57,8 +58,11 @@ def run(ctx: RecipeContext) -> str:
     precision = resolve_precision(spec.hyperparameters, spec.adapter, ctx.device)
     model, peft_config = load_base_for_training(base_dir, spec.adapter, precision, ctx.device)
     ctx.log(describe_loaded_model(model))
+    # New tokens: the checkpoints carry the grown tokenizer and are saved merged (the base lacks the rows).
+    vocabulary = expand_for_training(ctx, model, tokenizer, spec.method_config.new_tokens, peft_config)
     config = build_sft_config(spec, str(ctx.work_dir / "trainer"), ctx.device, eval_dataset is not None)
-    callbacks, checkpointer = standard_callbacks(ctx, tokenizer)
+    callbacks, checkpointer = standard_callbacks(ctx, tokenizer, merge_peft=vocabulary.merge_peft)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=callbacks + vocabulary.callbacks)
     return finish_training(ctx, trainer, checkpointer, evaluate=eval_dataset is not None)
