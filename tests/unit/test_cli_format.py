@@ -225,6 +225,23 @@ def test_flags_replace_camel_case_file_fields_and_method():
     assert req.WhichOneof("method") == "sft"
 
 
+def test_method_flags_go_into_the_method_body():
+    req = cli.build_train_request({"dpo": {"beta": 0.3}}, _train_args("--loss", "kto", "--eval-every", "5",
+                                                                      "--early-stopping-patience", "2",
+                                                                      "--metric-for-best", "rewards/margins"))
+    assert req.dpo.loss == trainer_pb2.PREFERENCE_LOSS_KTO and req.dpo.beta == pytest.approx(0.3)
+    assert (req.eval.every_steps, req.eval.early_stopping_patience, req.eval.metric_for_best) == (
+        5, 2, "rewards/margins")
+    req = cli.build_train_request({}, _train_args("--method", "continued-pretrain", "--new-token", "锻造炉",
+                                                  "--new-token", "forgeweld"))
+    assert list(req.continued_pretrain.vocabulary.new_tokens) == ["锻造炉", "forgeweld"]
+    assert list(cli.build_train_request({}, _train_args("--new-token", "x")).sft.vocabulary.new_tokens) == ["x"]
+    with pytest.raises(ValueError, match="dpo method"):
+        cli.build_train_request({}, _train_args("--beta", "0.2"))
+    with pytest.raises(ValueError, match="--new-token"):
+        cli.build_train_request({}, _train_args("--method", "reward", "--new-token", "x"))
+
+
 def test_method_defaults_to_sft_and_keeps_file_method_body():
     assert cli.build_train_request({}, _train_args()).WhichOneof("method") == "sft"
     req = cli.build_train_request({"sft": {"format": "DATASET_FORMAT_ALPACA"}}, _train_args("--method", "sft"))

@@ -350,7 +350,13 @@ TRAIN_FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "seed": ("hyperparameters", "seed"),
     "save_every": ("checkpoints", "every_steps"),
     "eval_split": ("eval", "split_ratio"),
+    "eval_every": ("eval", "every_steps"),
+    "metric_for_best": ("eval", "metric_for_best"),
+    "early_stopping_patience": ("eval", "early_stopping_patience"),
 }
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo", "kto")
+# Methods whose spec has a VocabularyExpansion (--new-token).
+VOCABULARY_METHODS = ("sft", "continued_pretrain")
 
 
 def apply_train_overrides(request: dict, args: argparse.Namespace) -> dict:
@@ -383,7 +389,31 @@ def apply_train_overrides(request: dict, args: argparse.Namespace) -> dict:
         out[method] = body if isinstance(body, dict) else {}
     elif not present:
         out["sft"] = {}
+    _apply_method_flags(out, args)
     return out
+
+
+def _apply_method_flags(request: dict, args: argparse.Namespace) -> None:
+    """--beta / --loss (dpo) and --new-token (sft, continued_pretrain) go into the chosen method's body;
+    on another method they are an error (ValueError), not silently dropped."""
+    method = next((m for m in METHODS if m in request or _camel(m) in request), "sft")
+    body = _get(request, method, None)
+    if not isinstance(body, dict):
+        body = {}
+    request.pop(_camel(method), None)
+    request[method] = body
+    beta, loss, tokens = (getattr(args, "beta", None), getattr(args, "loss", None),
+                          getattr(args, "new_token", None))
+    if (beta is not None or loss) and method != "dpo":
+        raise ValueError(f"--beta and --loss apply to the dpo method, not {method}")
+    if tokens and method not in VOCABULARY_METHODS:
+        raise ValueError(f"--new-token applies to {' and '.join(VOCABULARY_METHODS)}, not {method}")
+    if beta is not None:
+        body["beta"] = beta
+    if loss:
+        body["loss"] = f"PREFERENCE_LOSS_{loss.upper()}"
+    if tokens:
+        _set_path(body, ("vocabulary", "new_tokens"), list(tokens))
 
 
 def build_train_request(request: dict, args: argparse.Namespace) -> trainer_pb2.StartTrainingRequest:
@@ -1029,6 +1059,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--save-every", type=int, help="save a checkpoint every N steps")
     train.add_argument("--eval-split", type=float, help="fraction of rows held out for evaluation")
+    train.add_argument("--eval-every", type=int, help="evaluate every N steps (default: only at the end)")
+    train.add_argument("--metric-for-best", help="eval metric that marks the best checkpoint (default eval_loss)")
+    train.add_argument("--early-stopping-patience", type=int,
+                       help="stop after N evaluations without improvement of --metric-for-best")
+    train.add_argument("--beta", type=float, help="dpo: strength of the pull towards the reference (default 0.1)")
+    train.add_argument("--loss", choices=PREFERENCE_LOSSES, help="dpo: the loss of the DPO family (default sigmoid)")
+    train.add_argument("--new-token", action="append", metavar="TERM",
+                       help="sft / continued-pretrain: add TERM to the vocabulary as one token (repeatable)")
     train.add_argument("--name", help="display name")
     train.add_argument("--label", action="append", metavar="KEY=VALUE", help="job label (repeatable)")
     train.add_argument("--follow", action="store_true", help="then follow the metrics like `lmforge metrics`")
