@@ -4,8 +4,9 @@
     ff = file_format_from_name("train.jsonl")
     result = validate_file("train.jsonl", ff, method="sft")       # every bad row, in bounded memory
     ds = load_for_training("train.jsonl", ff, result.format)      # prompt/completion conversations
+    pref = load_preference_for_training("pairs.jsonl", ff, conversational=True)  # prompt/chosen/rejected
 
-Pure Python (no torch); `datasets` is imported only by `load_for_training`.
+Pure Python (no torch); `datasets` is imported only by the `load_*_for_training` functions.
 """
 
 from services.trainer.data.formats import (
@@ -16,12 +17,20 @@ from services.trainer.data.formats import (
     file_format_from_name,
     formats_for_method,
 )
-from services.trainer.data.normalize import load_for_training, to_conversational_examples, to_messages
+from services.trainer.data.normalize import (
+    PREFERENCE_COLUMNS,
+    load_for_training,
+    load_preference_for_training,
+    to_conversational_examples,
+    to_messages,
+    to_preference_example,
+)
 from services.trainer.data.reader import iter_rows
 from services.trainer.data.validation import ValidationResult, check_row, validate_file
 
 __all__ = [
     "METHOD_FORMATS",
+    "PREFERENCE_COLUMNS",
     "DatasetFormat",
     "FileFormat",
     "ValidationResult",
@@ -31,7 +40,9 @@ __all__ = [
     "formats_for_method",
     "iter_rows",
     "load_for_training",
+    "load_preference_for_training",
     "to_conversational_examples",
     "to_messages",
+    "to_preference_example",
     "validate_file",
 ]

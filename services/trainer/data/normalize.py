@@ -7,13 +7,17 @@
 A conversation yields one example per assistant turn (prompt = every message before it), so multi-turn
 data trains on every reply, not just the last. Rows must already have passed `validate_file`.
 `load_for_training` builds the Arrow-backed, memory-mapped `datasets.Dataset` the SFT recipe trains on.
+
+Preference rows (reward models, the DPO family) go through `to_preference_example` /
+`load_preference_for_training` instead: TRL's prompt/chosen/rejected (or prompt/completion/label) columns,
+conversational when the tokenizer has a chat template.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from services.common.errors import invalid_field
+from services.common.errors import InvalidArgument, LmforgeError, Violation, invalid_field
 from services.trainer.data.formats import SFT_FORMATS, DatasetFormat, FileFormat, detect_format
 from services.trainer.data.reader import iter_rows, parse_json_cell
 from services.trainer.data.validation import SHAREGPT_ROLES
@@ -156,3 +160,172 @@ def _detect_file_format(path: Path, file_format: FileFormat) -> DatasetFormat:
             if found is not None:
                 return found
     raise invalid_field("format", f"cannot detect the dataset format of {str(path)!r}", "validate the file first")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preference data (reward models and the DPO family).
+
+PREFERENCE_FORMATS = (DatasetFormat.PREFERENCE, DatasetFormat.UNPAIRED_PREFERENCE)
+# The columns TRL's preference trainers read, per format.
+PREFERENCE_COLUMNS: dict[DatasetFormat, tuple[str, ...]] = {
+    DatasetFormat.PREFERENCE: ("prompt", "chosen", "rejected"),
+    DatasetFormat.UNPAIRED_PREFERENCE: ("prompt", "completion", "label"),
+}
+_MAX_LOAD_VIOLATIONS = 1000
+
+
+def to_preference_example(row: dict, fmt: DatasetFormat, conversational: bool, row_number: int = 0) -> dict:
+    """One validated preference row in TRL's form: `prompt`/`chosen`/`rejected` (PREFERENCE) or
+    `prompt`/`completion`/`label` (UNPAIRED_PREFERENCE).
+
+    conversational=True (the tokenizer has a chat template): every field becomes a message list, so the
+    model's own template renders it and string and list rows can mix; a string prompt is one user turn, a
+    string response one assistant turn. A prompt list must end with a user turn and a response list holds
+    only assistant messages. conversational=False: TRL's standard (plain text) form; a message list cannot
+    be rendered without a template. `label` may be a bool or "true"/"false" (CSV cells).
+
+    Raises InvalidArgument whose violations name the row and field (`prompt[2].role`, `chosen`, ...).
+    """
+    fmt = DatasetFormat(fmt)
+    if fmt not in PREFERENCE_COLUMNS:
+        raise _not_preference(fmt)
+    violations: list[Violation] = []
+    example: dict = {}
+    for key in PREFERENCE_COLUMNS[fmt]:
+        if key == "label":
+            example[key] = _label(row.get(key), row_number, violations)
+        elif key == "prompt":
+            example[key] = _preference_turns(row.get(key), key, "user", conversational, row_number, violations)
+        else:
+            example[key] = _preference_turns(row.get(key), key, "assistant", conversational, row_number, violations)
+    if violations:
+        raise InvalidArgument(f"row {row_number}: cannot be used for preference training", violations)
+    return example
+
+
+def _not_preference(fmt: DatasetFormat) -> InvalidArgument:
+    return invalid_field("format", f"format {fmt.value!r} is not a preference format",
+                         "use preference (prompt, chosen, rejected) or unpaired_preference (prompt, completion, label)")
+
+
+def _label(value, row_number: int, violations: list[Violation]) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    violations.append(Violation(row_number, "label", f"expected true or false, got {value!r}",
+                                "label is true when the completion is a desirable answer, false when it is not"))
+    return False
+
+
+def _preference_turns(value, key: str, role: str, conversational: bool, row_number: int,
+                      violations: list[Violation]):
+    """A prompt (role "user") or response (role "assistant") as a message list or a plain string."""
+    if isinstance(value, str):
+        return [_msg(role, value)] if conversational else value
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        violations.append(Violation(row_number, key, "expected a string or a non-empty list of messages",
+                                    f"make {key!r} a string or a list of role/content messages"))
+        return None
+    if not conversational:
+        violations.append(Violation(
+            row_number, key, "is a list of messages, but the base model's tokenizer has no chat template to render it",
+            f"write {key!r} as plain text, or train a chat model (one whose tokenizer defines a chat template)"))
+        return None
+    messages = [_msg(m.get("role"), m.get("content")) for m in value]
+    last = len(messages) - 1
+    if role == "user" and messages[last]["role"] != "user":
+        violations.append(Violation(
+            row_number, f"{key}[{last}].role",
+            f"the prompt ends with a {messages[last]['role']!r} message; the responses must answer a user turn",
+            "end the prompt with the user message that chosen/rejected (or completion) reply to"))
+    if role == "assistant":
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                violations.append(Violation(
+                    row_number, f"{key}[{i}].role",
+                    f"a response holds only the assistant's reply, found a {message['role']!r} message",
+                    "move earlier turns of the conversation into prompt"))
+                break
+    return messages
+
+
+def _generate_preference_rows(path: str, file_format: str, fmt: str, conversational: bool, stamp: str):
+    """Rows for `datasets.Dataset.from_generator`; raises InvalidArgument after the last row if any was bad
+    (so every bad row is reported). `stamp` (size + mtime) only keys the datasets cache."""
+    violations: list[Violation] = []
+    bad = total = 0
+    for row_number, row in iter_rows(path, FileFormat(file_format)):
+        total += 1
+        if isinstance(row, Violation):
+            bad += 1
+            violations.append(row)
+            continue
+        try:
+            yield to_preference_example(row, DatasetFormat(fmt), conversational, row_number)
+        except InvalidArgument as exc:
+            bad += 1
+            violations.extend(exc.violations)
+    if bad:
+        raise InvalidArgument(f"{bad} of {total} rows of {Path(path).name!r} cannot be used for preference training; "
+                              "fix the rows listed", violations[:_MAX_LOAD_VIOLATIONS])
+
+
+def load_preference_for_training(
+    path: str | Path,
+    file_format: FileFormat,
+    fmt: DatasetFormat = DatasetFormat.AUTO,
+    *,
+    conversational: bool,
+    cache_dir: str | Path | None = None,
+):
+    """A preference `datasets.Dataset` in TRL's form, with fixed features, for reward/DPO-family trainers.
+
+    PREFERENCE -> `prompt`, `chosen`, `rejected`; UNPAIRED_PREFERENCE -> `prompt`, `completion`, `label`
+    (bool). With `conversational` every text column is a list of {role, content} messages, else a string
+    (see `to_preference_example`). AUTO detects the format from the first row that has one. Rows are
+    streamed (JSONL, CSV with JSON-list cells parsed, Parquet) into an Arrow file in `cache_dir`, so rows
+    mixing strings and message lists load fine and the file is never held whole in memory.
+
+    Raises InvalidArgument listing every row that cannot be used (a message list without a chat template,
+    a prompt not ending with a user turn, ...); NotFound for a missing file.
+    """
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    path = Path(path)
+    file_format = FileFormat(file_format)
+    fmt = DatasetFormat(fmt)
+    if fmt is DatasetFormat.AUTO:
+        fmt = _detect_preference_format(path, file_format)
+    if fmt not in PREFERENCE_COLUMNS:
+        raise _not_preference(fmt)
+    message = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    text = message if conversational else datasets.Value("string")
+    features = datasets.Features({key: datasets.Value("bool") if key == "label" else text
+                                  for key in PREFERENCE_COLUMNS[fmt]})
+    stat = path.stat()
+    try:
+        ds = datasets.Dataset.from_generator(
+            _generate_preference_rows, features=features,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            gen_kwargs={"path": str(path), "file_format": file_format.value, "fmt": fmt.value,
+                        "conversational": conversational, "stamp": f"{stat.st_size}-{stat.st_mtime_ns}"},
+        )
+    except DatasetGenerationError as exc:
+        if isinstance(exc.__cause__, LmforgeError):
+            raise exc.__cause__ from None
+        raise
+    if len(ds) == 0:
+        raise invalid_field("dataset_id", f"{path.name!r} has no rows", "add preference rows")
+    return ds
+
+
+def _detect_preference_format(path: Path, file_format: FileFormat) -> DatasetFormat:
+    for _, row in iter_rows(path, file_format):
+        if isinstance(row, dict):
+            found = detect_format(row, PREFERENCE_FORMATS)
+            if found is not None:
+                return found
+    raise invalid_field("format", f"{str(path)!r} has no preference rows (prompt + chosen + rejected, or prompt + "
+                        "completion + label)", "validate the file for method dpo or reward first")
