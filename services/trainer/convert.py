@@ -221,8 +221,8 @@ def _method_config(method: str, request: trainer_pb2.StartTrainingRequest, check
         checks.require(dpo.loss in _PREFERENCE_LOSSES, "dpo.loss", f"unknown loss {dpo.loss}",
                        "use PREFERENCE_LOSS_SIGMOID, _IPO, _HINGE, _ORPO, _SIMPO or _KTO")
         config = DpoConfig(loss=_PREFERENCE_LOSSES.get(dpo.loss, "sigmoid"))
-        if dpo.HasField("beta"):
-            config.beta = dpo.beta
+        # SimPO's beta scales a length-normalised log-probability: its paper uses 2-2.5, not DPO's 0.1.
+        config.beta = dpo.beta if dpo.HasField("beta") else (2.0 if config.loss == "simpo" else 0.1)
         if dpo.HasField("simpo_gamma"):
             config.simpo_gamma = dpo.simpo_gamma
         checks.in_range(config.beta, "dpo.beta", 0, 100, low_open=True)
@@ -292,6 +292,9 @@ def spec_from_request(request: trainer_pb2.StartTrainingRequest, store: Checkpoi
     new_tokens = getattr(method_config, "new_tokens", [])
     checks.require(not (new_tokens and adapter.type == "qlora"), "adapter.type",
                    "vocabulary expansion cannot be merged into a 4-bit base", "use ADAPTER_LORA or ADAPTER_FULL")
+    checks.require(not (getattr(method_config, "loss", "") == "kto" and hyper.batch_size < 2),
+                   "hyperparameters.batch_size", "KTO estimates its KL term from mismatched prompt/completion "
+                   "pairs within a batch, so a batch needs at least 2 rows", "use batch_size 2 or more")
     checks.require(not (method == "reward" and adapter.type == "qlora"), "adapter.type",
                    "a reward model is saved as full weights and a 4-bit base cannot be merged into them",
                    "use ADAPTER_LORA (merged at the end) or ADAPTER_FULL")

@@ -341,6 +341,17 @@ def test_unpaired_preference_for_kto(tmp_path):
     assert pairs.ok and pairs.format is DatasetFormat.PREFERENCE, "KTO also takes pairs"
     sigmoid = check(tmp_path, rows[:1], method="dpo")
     assert not sigmoid.ok and "prompt + chosen + rejected" in sigmoid.violations[0].hint
+    assert "PREFERENCE_LOSS_KTO" in sigmoid.violations[0].hint
+
+
+def test_preference_message_roles(tmp_path):
+    rows = [
+        {"prompt": [S("s"), U("q")], "chosen": [A("a")], "rejected": "b"},
+        {"prompt": [U("q"), A("a")], "chosen": [A("x")], "rejected": [U("y"), A("z")]},
+        {"prompt": "q", "completion": [U("nope")], "label": True},
+    ]
+    assert fields(check(tmp_path, rows[:2], method="dpo")) == {2: ["prompt[1].role", "rejected[0].role"]}
+    assert fields(check(tmp_path, rows[2:], method="kto")) == {1: ["completion[0].role"]}
 
 
 def test_evaluate_takes_text_or_answers(tmp_path):

@@ -67,7 +67,10 @@ def test_dpo_family_fields(env):
     assert (spec.method_config.loss, spec.method_config.beta, spec.dataset_rules) == ("sigmoid", 0.1, "dpo")
     kto = build(env, dpo={"loss": "PREFERENCE_LOSS_KTO", "beta": 0.5})
     assert (kto.method_config.loss, kto.method_config.beta, kto.dataset_rules) == ("kto", 0.5, "kto")
-    assert not build(env, dpo={"loss": "PREFERENCE_LOSS_SIMPO"}).method_config.uses_reference
+    simpo = build(env, dpo={"loss": "PREFERENCE_LOSS_SIMPO"}).method_config
+    assert not simpo.uses_reference and simpo.beta == 2.0
+    assert violations(env, dpo={"loss": "PREFERENCE_LOSS_KTO"}, hyperparameters={"batch_size": 1}) == {
+        "hyperparameters.batch_size"}
     assert violations(env, dpo={"beta": 0.0, "simpo_gamma": -1.0}) == {"dpo.beta", "dpo.simpo_gamma"}
 
 

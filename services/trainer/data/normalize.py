@@ -81,7 +81,7 @@ def load_for_training(
     """A `datasets.Dataset` for training, Arrow-backed and memory-mapped (never loaded whole into Python).
 
     SFT formats -> only `prompt` and `completion` columns (conversational, one row per assistant turn);
-    TEXT -> only `text`; PREFERENCE -> `prompt`, `chosen`, `rejected`. AUTO detects the format from the
+    TEXT -> only `text` (preference rows: `load_preference_for_training`). AUTO detects the format from the
     first row. Validate the file first; raises InvalidArgument if the format cannot be used here.
     """
     import datasets
@@ -111,9 +111,9 @@ def load_for_training(
 
     if fmt is DatasetFormat.TEXT:
         return ds.select_columns(["text"])
-    if fmt is DatasetFormat.PREFERENCE:
-        # CSV preference cells stay strings (a message list would stay its JSON text): use JSONL/Parquet.
-        return ds.select_columns(["prompt", "chosen", "rejected"])
+    if fmt in PREFERENCE_FORMATS:
+        raise invalid_field("format", f"{fmt.value} rows are loaded by load_preference_for_training",
+                            "call load_preference_for_training (it needs to know whether to use a chat template)")
 
     columns = list(ds.column_names)
     parse_cells = file_format is FileFormat.CSV

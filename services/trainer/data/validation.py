@@ -244,10 +244,28 @@ def _check_text_or_messages(r: int, row: dict, key: str) -> list[Violation]:
     return _check_string(r, row, key, key)
 
 
+def _check_turn_roles(r: int, row: dict, key: str) -> list[Violation]:
+    """Role rules of a message-list cell: a prompt ends with the user turn being answered; a response
+    (chosen, rejected, completion) holds assistant messages only. Strings have no roles to check."""
+    value = row.get(key)
+    if not isinstance(value, list) or not value:
+        return []
+    roles = [m.get("role") for m in value]
+    if key == "prompt":
+        if roles[-1] != "user":
+            return [Violation(r, f"{key}[{len(roles) - 1}].role", f"the prompt ends with a {roles[-1]!r} message",
+                              "end the prompt with the user turn that the responses answer")]
+        return []
+    return [Violation(r, f"{key}[{i}].role", f"{role!r} message in a response",
+                      "a response holds only assistant messages; move earlier turns into the prompt")
+            for i, role in enumerate(roles) if role != "assistant"]
+
+
 def _check_preference(r: int, row: dict) -> list[Violation]:
     out: list[Violation] = []
     for key in ("prompt", "chosen", "rejected"):
-        out.extend(_check_text_or_messages(r, row, key))
+        problems = _check_text_or_messages(r, row, key)
+        out.extend(problems or _check_turn_roles(r, row, key))
     if not out and row["chosen"] == row["rejected"]:
         out.append(Violation(
             r, "rejected", "is identical to chosen", "a preference pair needs two different responses"
@@ -256,7 +274,10 @@ def _check_preference(r: int, row: dict) -> list[Violation]:
 
 
 def _check_unpaired_preference(r: int, row: dict) -> list[Violation]:
-    out = _check_text_or_messages(r, row, "prompt") + _check_text_or_messages(r, row, "completion")
+    out: list[Violation] = []
+    for key in ("prompt", "completion"):
+        problems = _check_text_or_messages(r, row, key)
+        out.extend(problems or _check_turn_roles(r, row, key))
     label = row.get("label")
     if isinstance(label, str) and label.strip().lower() in ("true", "false"):
         return out  # CSV cells are strings; "true"/"false" are read as booleans
@@ -348,9 +369,10 @@ def validate_file(
 
 def _no_format(row_no: int, row: dict, method: str, expected: str) -> Violation:
     keys = ", ".join(sorted(map(str, row))[:8]) or "none"
-    return Violation(
-        row_no, "", f"row matches no {method} format (fields found: {keys})", f"{method} rows need {expected}"
-    )
+    hint = f"{method} rows need {expected}"
+    if method == "dpo" and detect_format(row, (DatasetFormat.UNPAIRED_PREFERENCE,)):
+        hint += "; these are unpaired (KTO) rows: set dpo.loss to PREFERENCE_LOSS_KTO to train on them"
+    return Violation(row_no, "", f"row matches no {method} format (fields found: {keys})", hint)
 
 
 def _check_in_format(

@@ -70,7 +70,8 @@ def describe_loaded_model(model) -> str:
             f"quantization: {quantization}")
 
 
-def lora_config(adapter: AdapterConfig):
+def lora_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM"):
+    """peft LoraConfig; task_type "SEQ_CLS" (reward models) also trains the new score head."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -78,5 +79,5 @@ def lora_config(adapter: AdapterConfig):
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
         target_modules=adapter.target_modules or "all-linear",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )

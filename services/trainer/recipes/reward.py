@@ -70,8 +70,7 @@ def load_reward_base(model_dir: Path, adapter: AdapterConfig, tokenizer, seed: i
     model.config.use_cache = False
     peft_config = None
     if adapter.is_peft:
-        peft_config = lora_config(adapter)
-        peft_config.task_type = "SEQ_CLS"
+        peft_config = lora_config(adapter, task_type="SEQ_CLS")
     return model, peft_config
 
 
