@@ -21,12 +21,18 @@ from services.trainer.spec import (
     AdapterConfig,
     ContinuedPretrainConfig,
     DatasetFile,
+    DistillConfig,
     DpoConfig,
     EvalConfig,
     EvaluateConfig,
+    GrpoConfig,
     Hyperparameters,
+    PpoConfig,
     PretrainConfig,
     RewardConfig,
+    RewardFunctionConfig,
+    RftConfig,
+    RolloutSamplingConfig,
     SftConfig,
     TrainingSpec,
 )
@@ -50,6 +56,12 @@ _PREFERENCE_LOSSES = {
     trainer_pb2.PREFERENCE_LOSS_SIMPO: "simpo",
     trainer_pb2.PREFERENCE_LOSS_KTO: "kto",
 }
+_GRPO_LOSSES = {trainer_pb2.GRPO_LOSS_UNSPECIFIED: "dapo", trainer_pb2.GRPO_LOSS_GRPO: "grpo",
+                trainer_pb2.GRPO_LOSS_DR_GRPO: "dr_grpo", trainer_pb2.GRPO_LOSS_DAPO: "dapo"}
+_PPO_ALGORITHMS = {trainer_pb2.PPO_ALGORITHM_UNSPECIFIED: "rloo", trainer_pb2.PPO_ALGORITHM_RLOO: "rloo",
+                   trainer_pb2.PPO_ALGORITHM_PPO: "ppo"}
+_DISTILL_MODES = {trainer_pb2.DISTILL_MODE_UNSPECIFIED: "offline", trainer_pb2.DISTILL_MODE_OFFLINE: "offline",
+                  trainer_pb2.DISTILL_MODE_ON_POLICY: "on_policy"}
 _JOB_STATES = {state: getattr(trainer_pb2, f"JOB_STATE_{state.value}") for state in JobState}
 _DATASET_FORMATS = {fmt: getattr(trainer_pb2, f"DATASET_FORMAT_{fmt.name}") for fmt in DatasetFormat}
 _FILE_FORMATS = {ff: getattr(trainer_pb2, f"FILE_FORMAT_{ff.name}") for ff in FileFormat}
@@ -228,7 +240,92 @@ def _method_config(method: str, request: trainer_pb2.StartTrainingRequest, check
         checks.in_range(config.beta, "dpo.beta", 0, 100, low_open=True)
         checks.in_range(config.simpo_gamma, "dpo.simpo_gamma", 0, 100)
         return config
+    if method in ("grpo", "rft", "ppo"):
+        return _rl_config(method, getattr(request, method), checks)
+    if method == "distill":
+        return _distill_config(request.distill, checks)
     raise AssertionError(method)
+
+
+def _rewards(protos, field: str) -> list[RewardFunctionConfig]:
+    return [RewardFunctionConfig(name=r.name, weight=r.weight if r.HasField("weight") else 1.0,
+                                 params=dict(r.params), reward_model_id=r.reward_model_id) for r in protos]
+
+
+def _sampling(proto: trainer_pb2.RolloutSampling, field: str, checks: _Checks) -> RolloutSamplingConfig:
+    sampling = RolloutSamplingConfig()
+    if proto.HasField("fraction_of_steps"):
+        sampling.fraction_of_steps = proto.fraction_of_steps
+    sampling.max_prompts = proto.max_prompts or sampling.max_prompts
+    checks.in_range(sampling.fraction_of_steps, f"{field}.fraction_of_steps", 0, 1)
+    checks.in_range(sampling.max_prompts, f"{field}.max_prompts", 1, 64)
+    return sampling
+
+
+def _rl_config(method: str, proto, checks: _Checks):
+    """GRPO, RFT and PPO/RLOO share rewards, rollout length, temperature and sample streaming."""
+    from services.trainer.rewards import check_reward_configs
+
+    f = f"{method}."
+    rewards = _rewards(proto.rewards, f + "rewards")
+    if method == "grpo":
+        checks.require(proto.loss in _GRPO_LOSSES, f + "loss", f"unknown loss {proto.loss}",
+                       "use GRPO_LOSS_GRPO, GRPO_LOSS_DR_GRPO or GRPO_LOSS_DAPO")
+        config = GrpoConfig(rewards=rewards, loss=_GRPO_LOSSES.get(proto.loss, "dapo"), use_vllm=proto.use_vllm)
+        if proto.HasField("epsilon"):
+            config.epsilon = proto.epsilon
+        checks.in_range(config.epsilon, f + "epsilon", 0, 10, low_open=True)
+    elif method == "rft":
+        config = RftConfig(rewards=rewards, threshold=proto.threshold if proto.HasField("threshold") else None)
+        config.num_candidates = proto.num_candidates or config.num_candidates
+        config.rounds = proto.rounds or config.rounds
+        checks.in_range(config.num_candidates, f + "num_candidates", 1, 256)
+        checks.in_range(config.rounds, f + "rounds", 1, 1000)
+    else:
+        checks.require(proto.algorithm in _PPO_ALGORITHMS, f + "algorithm", f"unknown algorithm {proto.algorithm}",
+                       "use PPO_ALGORITHM_RLOO")
+        config = PpoConfig(algorithm=_PPO_ALGORITHMS.get(proto.algorithm, "rloo"),
+                           reward_model_id=proto.reward_model_id)
+        checks.require(config.algorithm != "ppo", f + "algorithm",
+                       "actor-critic PPO is not available: TRL 1.16, which the trainer runs on, no longer ships "
+                       "PPOTrainer", "use PPO_ALGORITHM_RLOO (critic-free, the stable choice TRL keeps)")
+        checks.require(bool(config.reward_model_id), f + "reward_model_id", "empty",
+                       "name a REWARD_MODEL from the store (train one with the reward method)")
+        if config.reward_model_id:
+            config.rewards = [RewardFunctionConfig(name="reward_model", reward_model_id=config.reward_model_id),
+                              *rewards]
+    if method in ("grpo", "ppo"):
+        config.num_generations = proto.num_generations or config.num_generations
+        checks.in_range(config.num_generations, f + "num_generations", 2, 256)
+        if proto.HasField("beta"):
+            config.beta = proto.beta
+        checks.in_range(config.beta, f + "beta", 0, 100)
+    config.max_completion_length = proto.max_completion_length or config.max_completion_length
+    if proto.HasField("temperature"):
+        config.temperature = proto.temperature
+    config.samples = _sampling(proto.samples, f + "samples", checks)
+    checks.in_range(config.max_completion_length, f + "max_completion_length", 1, 131_072)
+    checks.in_range(config.temperature, f + "temperature", 0, 2, low_open=True)
+    if rewards or method != "ppo":  # PPO/RLOO scores with its reward model; rule rewards are optional extras
+        checks.violations += check_reward_configs(rewards, f + "rewards")
+    return config
+
+
+def _distill_config(proto: trainer_pb2.DistillSpec, checks: _Checks) -> DistillConfig:
+    checks.require(proto.mode in _DISTILL_MODES, "distill.mode", f"unknown mode {proto.mode}",
+                   "use DISTILL_MODE_OFFLINE or DISTILL_MODE_ON_POLICY")
+    config = DistillConfig(teacher_model_id=proto.teacher_model_id, mode=_DISTILL_MODES.get(proto.mode, "offline"))
+    config.max_new_tokens = proto.max_new_tokens or config.max_new_tokens
+    for name in ("temperature", "lmbda", "beta"):
+        if proto.HasField(name):
+            setattr(config, name, getattr(proto, name))
+    checks.require(bool(config.teacher_model_id), "distill.teacher_model_id", "empty",
+                   "name the teacher model from the checkpoint store")
+    checks.in_range(config.max_new_tokens, "distill.max_new_tokens", 1, 131_072)
+    checks.in_range(config.temperature, "distill.temperature", 0, 2)
+    checks.in_range(config.lmbda, "distill.lmbda", 0, 1)
+    checks.in_range(config.beta, "distill.beta", 0, 1)
+    return config
 
 
 def _eval_config(proto: trainer_pb2.EvalSpec, checks: _Checks) -> EvalConfig:
@@ -311,6 +408,18 @@ def spec_from_request(request: trainer_pb2.StartTrainingRequest, store: Checkpoi
         base = store.get(request.base_model_id, "base_model_id")
         _check_trainable_base(base, method)
         base_model_id = base.id
+    for index, reward in enumerate(getattr(method_config, "rewards", [])):
+        if reward.name == "reward_model" and reward.reward_model_id:
+            field = f"{method}.reward_model_id" if method == "ppo" and index == 0 else f"{method}.rewards[{index}]"
+            scorer = store.get(reward.reward_model_id, field)
+            if scorer.kind is not EntryKind.REWARD_MODEL:
+                raise FailedPrecondition(f"{field}: {scorer.id!r} is a {scorer.kind.value}, not a reward model; "
+                                         "train one with the reward method and name its checkpoint")
+    if method == "distill":
+        teacher = store.get(method_config.teacher_model_id, "distill.teacher_model_id")
+        if teacher.kind in (EntryKind.ADAPTER, EntryKind.REWARD_MODEL):
+            raise FailedPrecondition(f"distill.teacher_model_id: {teacher.id!r} is a {teacher.kind.value}; the "
+                                     "teacher must be a language model (a base model or full checkpoint)")
     return TrainingSpec(
         job_id="", method=method, base_model_id=base_model_id,
         dataset=_dataset_file(datasets, request.dataset_id, "dataset_id"),
@@ -419,6 +528,12 @@ def event_to_proto(event: Event) -> trainer_pb2.TrainingEvent:
             error=error_to_proto(ErrorInfo(**error)) if error else None))
     elif event.kind == "checkpoint":
         proto.checkpoint_saved.checkpoint.CopyFrom(manifest_to_proto(Manifest.from_json_dict(data)))
+    elif event.kind == "rollouts":
+        proto.rollouts.CopyFrom(trainer_pb2.RolloutSamplesEvent(round=int(data.get("round", 0)), samples=[
+            trainer_pb2.RolloutSample(prompt=sample["prompt"], completions=[
+                trainer_pb2.RolloutCompletion(text=c["text"], reward=float(c["reward"]),
+                                              rewards={k: float(v) for k, v in c.get("rewards", {}).items()})
+                for c in sample["completions"]]) for sample in data.get("samples", [])]))
     else:
         proto.log.CopyFrom(trainer_pb2.LogEvent(level=data.get("level", "info"), message=data.get("message", "")))
     return proto

@@ -241,7 +241,7 @@ class JobManager:
                 if dataset is None:
                     continue
                 result = validate_file(Path(dataset.path), FileFormat(dataset.file_format), spec.dataset_rules,
-                                       DatasetFormat(spec.dataset_format))
+                                       DatasetFormat(spec.dataset_format), required_columns=spec.required_columns())
                 dataset.format = result.format.value
                 if not result.ok:
                     messages.append(f"{label} {dataset.dataset_id}: {result.bad_rows} of {result.total_rows} rows "
@@ -333,7 +333,7 @@ class JobManager:
         elif kind == "checkpoint":
             run.checkpoint_ids.append(data["id"])
             self._append(job_id, kind, data, step, at, checkpoint_ids=run.checkpoint_ids)
-        elif kind == "log":
+        elif kind in ("log", "rollouts"):
             self._append(job_id, kind, data, step, at)
         elif kind == "error":
             run.error = data

@@ -117,6 +117,72 @@ class DpoConfig:
         return self.loss not in ("orpo", "simpo")
 
 
+@dataclass
+class RewardFunctionConfig:
+    """One reward of the server-side registry (services/trainer/rewards.py), by name, with its weight."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, str] = field(default_factory=dict)
+    reward_model_id: str = ""  # for name "reward_model"
+
+
+@dataclass
+class RolloutSamplingConfig:
+    fraction_of_steps: float = 0.1
+    max_prompts: int = 2
+
+
+@dataclass
+class GrpoConfig:
+    rewards: list[RewardFunctionConfig] = field(default_factory=list)
+    num_generations: int = 4
+    beta: float = 0.04
+    epsilon: float = 0.2
+    loss: str = "dapo"  # grpo | dr_grpo | dapo (TRL's names)
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    samples: RolloutSamplingConfig = field(default_factory=RolloutSamplingConfig)
+    use_vllm: bool = False
+    format: str = "prompt_only"
+
+
+@dataclass
+class RftConfig:
+    rewards: list[RewardFunctionConfig] = field(default_factory=list)
+    num_candidates: int = 4
+    rounds: int = 2
+    threshold: float | None = None  # None: keep each prompt's best candidate (when its reward > 0)
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    samples: RolloutSamplingConfig = field(default_factory=RolloutSamplingConfig)
+    format: str = "prompt_only"
+
+
+@dataclass
+class PpoConfig:
+    algorithm: str = "rloo"  # rloo | ppo (refused: TRL 1.16 has no PPOTrainer)
+    reward_model_id: str = ""
+    rewards: list[RewardFunctionConfig] = field(default_factory=list)  # the reward model comes first
+    num_generations: int = 4
+    beta: float = 0.05
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    samples: RolloutSamplingConfig = field(default_factory=RolloutSamplingConfig)
+    format: str = "prompt_only"
+
+
+@dataclass
+class DistillConfig:
+    teacher_model_id: str = ""
+    mode: str = "offline"  # offline | on_policy
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    lmbda: float = 0.5
+    beta: float = 0.5
+    format: str = "prompt_only"
+
+
 EVALUATE_METRICS = ("perplexity", "exact_match", "accuracy", "f1", "macro_f1", "bleu", "rouge")
 
 
@@ -132,8 +198,13 @@ class EvaluateConfig:
     format: str = "auto"
 
 
-MethodConfig = (SftConfig | PretrainConfig | ContinuedPretrainConfig | RewardConfig | DpoConfig | EvaluateConfig)
+MethodConfig = (SftConfig | PretrainConfig | ContinuedPretrainConfig | RewardConfig | DpoConfig | GrpoConfig
+                | RftConfig | PpoConfig | DistillConfig | EvaluateConfig)
 METHOD_CONFIGS: dict[str, type] = {
+    "grpo": GrpoConfig,
+    "rft": RftConfig,
+    "ppo": PpoConfig,
+    "distill": DistillConfig,
     "sft": SftConfig,
     "pretrain": PretrainConfig,
     "continued_pretrain": ContinuedPretrainConfig,
@@ -181,6 +252,15 @@ class TrainingSpec:
         """The row format the request asked for ("auto" = detect from the rows)."""
         return getattr(self.method_config, "format", "auto")
 
+    def required_columns(self) -> dict[str, str]:
+        """Extra dataset columns every row must have -> who reads them (the RL methods' rewards)."""
+        rewards = getattr(self.method_config, "rewards", None)
+        if not rewards:
+            return {}
+        from services.trainer.rewards import required_columns
+
+        return {column: f"a reward function of this {self.method} job" for column in required_columns(rewards)}
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
 
@@ -192,7 +272,7 @@ class TrainingSpec:
             **{k: v for k, v in data.items()
                if k not in ("dataset", "method_config", "adapter", "hyperparameters", "eval")},
             dataset=DatasetFile(**data["dataset"]),
-            method_config=METHOD_CONFIGS[data["method"]](**data["method_config"]),
+            method_config=_method_config_from_dict(data["method"], data["method_config"]),
             adapter=AdapterConfig(**data["adapter"]),
             hyperparameters=Hyperparameters(**data["hyperparameters"]),
             eval=EvalConfig(**data["eval"]),
@@ -201,3 +281,13 @@ class TrainingSpec:
 
     def write(self, path: Path) -> None:
         path.write_text(self.to_json(), encoding="utf-8")
+
+
+def _method_config_from_dict(method: str, data: dict):
+    """A method config from its JSON dict, rebuilding the nested reward and sampling dataclasses."""
+    data = dict(data)
+    if "rewards" in data:
+        data["rewards"] = [RewardFunctionConfig(**r) for r in data["rewards"]]
+    if "samples" in data:
+        data["samples"] = RolloutSamplingConfig(**data["samples"])
+    return METHOD_CONFIGS[method](**data)

@@ -21,6 +21,7 @@ class DatasetFormat(str, Enum):
     TEXT = "text"
     PREFERENCE = "preference"
     UNPAIRED_PREFERENCE = "unpaired_preference"  # KTO: prompt, completion, label (true = desirable)
+    PROMPT_ONLY = "prompt_only"  # RL and distillation: prompt + any extra columns (e.g. answer)
 
 
 class FileFormat(str, Enum):
@@ -52,6 +53,11 @@ METHOD_FORMATS: dict[str, tuple[DatasetFormat, ...]] = {
     # DPO with the KTO loss: unpaired rows, or preference pairs (each pair gives one good, one bad row).
     "kto": (DatasetFormat.UNPAIRED_PREFERENCE, DatasetFormat.PREFERENCE),
     "reward": (DatasetFormat.PREFERENCE,),
+    # RL methods and distillation: prompts (plus the columns their rewards read).
+    "grpo": (DatasetFormat.PROMPT_ONLY,),
+    "rft": (DatasetFormat.PROMPT_ONLY,),
+    "ppo": (DatasetFormat.PROMPT_ONLY,),
+    "distill": (DatasetFormat.PROMPT_ONLY,),
     # Evaluate jobs: text for perplexity; anything with a prompt and a reference answer for the rest.
     "evaluate": (DatasetFormat.TEXT, *SFT_FORMATS),
 }
@@ -66,6 +72,7 @@ FORMAT_KEYS: dict[DatasetFormat, tuple[str, ...]] = {
     DatasetFormat.UNPAIRED_PREFERENCE: ("prompt", "completion", "label"),
     DatasetFormat.PROMPT_COMPLETION: ("prompt", "completion"),
     DatasetFormat.TEXT: ("text",),
+    DatasetFormat.PROMPT_ONLY: ("prompt",),  # last: every prompt/... format also has a prompt
 }
 
 

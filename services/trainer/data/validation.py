@@ -288,6 +288,11 @@ def _check_unpaired_preference(r: int, row: dict) -> list[Violation]:
     return out
 
 
+def _check_prompt_only(r: int, row: dict) -> list[Violation]:
+    problems = _check_text_or_messages(r, row, "prompt")
+    return problems or _check_turn_roles(r, row, "prompt")
+
+
 ROW_CHECKS: dict[DatasetFormat, Callable[[int, dict], list[Violation]]] = {
     DatasetFormat.MESSAGES: _check_messages,
     DatasetFormat.ALPACA: _check_alpaca,
@@ -296,6 +301,7 @@ ROW_CHECKS: dict[DatasetFormat, Callable[[int, dict], list[Violation]]] = {
     DatasetFormat.TEXT: _check_text,
     DatasetFormat.PREFERENCE: _check_preference,
     DatasetFormat.UNPAIRED_PREFERENCE: _check_unpaired_preference,
+    DatasetFormat.PROMPT_ONLY: _check_prompt_only,
 }
 
 
@@ -313,9 +319,11 @@ def validate_file(
     method: str = "sft",
     fmt: DatasetFormat = DatasetFormat.AUTO,
     max_violations: int = 1000,
+    required_columns: dict[str, str] | None = None,
 ) -> ValidationResult:
     """Stream every row of `path` and check it against `fmt` (AUTO: detected from the first row that
-    matches one of `method`'s formats). See the module docstring for what is reported and raised."""
+    matches one of `method`'s formats). `required_columns` maps extra columns every row must have to who
+    reads them (e.g. {"answer": "reward exact_match"}). See the module docstring for what is reported."""
     allowed = formats_for_method(method)
     fmt = DatasetFormat(fmt)
     if fmt is not DatasetFormat.AUTO and fmt not in allowed:
@@ -345,6 +353,11 @@ def validate_file(
                 problems = check_row(row_no, row, detected)
         else:
             problems = _check_in_format(row_no, row, detected, detected_at, allowed)
+        if required_columns and isinstance(row, dict):
+            problems = problems + [
+                Violation(row_no, column, "missing required field" if column not in row else "is null",
+                          f"{reader} reads {column!r}: give every row a value for it")
+                for column, reader in required_columns.items() if row.get(column) is None]
         if problems:
             bad += 1
             room = max_violations - len(violations)
