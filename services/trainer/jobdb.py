@@ -65,7 +65,7 @@ class Event:
     sequence: int
     time: float
     step: int
-    kind: str  # metrics | state | checkpoint | log
+    kind: str  # metrics | state | checkpoint | log | rollouts
     data: dict
 
 
