@@ -120,3 +120,34 @@ def test_evaluate_requests(env):
         evaluate(model_id="other-base", adapter_id="lora")
     with pytest.raises(FailedPrecondition, match="reward model"):
         evaluate(model_id="scorer")
+
+
+def test_rl_rewards_are_named_from_the_registry(env):
+    spec = build(env, grpo={"rewards": [{"name": "exact_match", "params": {"column": "answer"}, "weight": 2.0}],
+                            "num_generations": 4})
+    [reward] = spec.method_config.rewards
+    assert (reward.name, reward.weight, spec.required_columns()) == ("exact_match", 2.0, {
+        "answer": "a reward function of this grpo job"})
+    with pytest.raises(InvalidArgument) as info:
+        build(env, grpo={"rewards": [{"name": "import os; os.system('x')"}]})
+    [violation] = info.value.violations
+    assert violation.field == "grpo.rewards[0].name" and "exact_match" in violation.hint and "keyword" in violation.hint
+    assert violations(env, rft={}) == {"rft.rewards"}, "no reward functions"
+
+
+def test_ppo_is_rloo_with_a_store_reward_model(env):
+    spec = build(env, ppo={"reward_model_id": "scorer"})
+    assert spec.method_config.algorithm == "rloo"
+    assert [r.name for r in spec.method_config.rewards] == ["reward_model"]
+    assert violations(env, ppo={"algorithm": "PPO_ALGORITHM_PPO"}) == {"ppo.algorithm", "ppo.reward_model_id"}
+    with pytest.raises(FailedPrecondition, match="not a reward model"):
+        build(env, ppo={"reward_model_id": "base"})
+
+
+def test_distill_needs_a_language_model_teacher(env):
+    spec = build(env, distill={"teacher_model_id": "other-base"})
+    assert (spec.method_config.mode, spec.method_config.temperature) == ("offline", 0.0)
+    with pytest.raises(FailedPrecondition, match="teacher must be a language model"):
+        build(env, distill={"teacher_model_id": "scorer"})
+    assert violations(env, distill={"mode": "DISTILL_MODE_ON_POLICY", "lmbda": 2.0}) == {
+        "distill.teacher_model_id", "distill.lmbda"}
