@@ -188,12 +188,17 @@ def test_bad_requests_get_precise_status_codes(trainer_client, tiny_model_id, de
     assert rpc_code(lambda: trainer_client.start_training(
         sft_request("../../etc", demo_dataset_id))) == grpc.StatusCode.INVALID_ARGUMENT
 
-    grpo = sft_request(tiny_model_id, demo_dataset_id)
-    del grpo["sft"]
-    grpo["grpo"] = {}
+    no_method = sft_request(tiny_model_id, demo_dataset_id)
+    del no_method["sft"]
     with pytest.raises(grpc.RpcError) as info:
-        trainer_client.start_training(grpo)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "sft" in info.value.details()
+        trainer_client.start_training(no_method)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _bad_request_fields(info.value) == {"method"}
+    ppo = sft_request(tiny_model_id, demo_dataset_id)
+    del ppo["sft"]
+    ppo["ppo"] = {"algorithm": "PPO_ALGORITHM_PPO", "reward_model_id": "x"}
+    with pytest.raises(grpc.RpcError) as info:
+        trainer_client.start_training(ppo)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _bad_request_fields(info.value) == {"ppo.algorithm"}
 
     bad = sft_request(tiny_model_id, demo_dataset_id, learning_rate=-1.0, batch_size=-1, precision="fp16",
                       lr_scheduler="sideways")
