@@ -499,3 +499,82 @@ def test_jobs_get_shows_the_evaluated_model_adapter_and_dataset(capsys):
     rows = {line.split("  ")[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]}
     assert (rows["model"], rows["adapter"], rows["dataset"], rows["metrics"]) == ("tiny", "ad-1", "ds-1", "bleu")
     assert "base model" not in rows
+
+
+# ------------------------------------------------------------------------------ RL rollout samples
+
+
+def _rollouts_event(seq=6, step=3):
+    return _event(seq, step=step, rollouts=trainer_pb2.RolloutSamplesEvent(samples=[
+        trainer_pb2.RolloutSample(prompt="3+4=", completions=[
+            trainer_pb2.RolloutCompletion(text="7", reward=1.2, rewards={"numeric_match": 1.0,
+                                                                         "language_consistency": 1.0}),
+            trainer_pb2.RolloutCompletion(text="eight\nor nine " + "x" * 300, reward=0.2,
+                                          rewards={"numeric_match": 0.0, "language_consistency": 1.0}),
+        ]),
+        trainer_pb2.RolloutSample(prompt="二加二等于几？", completions=[
+            trainer_pb2.RolloutCompletion(text="", reward=0.0, rewards={"numeric_match": 0.0}),
+            trainer_pb2.RolloutCompletion(text="四", reward=0.0, rewards={"numeric_match": 0.0}),
+        ]),
+    ]))
+
+
+def test_rollouts_summary_line_and_full_samples():
+    event = _rollouts_event()
+    assert cli.format_event_line(event) == \
+        "rollouts step 3: 2 prompt(s) x 2 completions, mean reward 0.35 (--samples shows them)"
+    lines = cli.format_rollouts_lines(event, max_chars=40)
+    assert lines[:5] == [
+        "rollouts step 3:",
+        "  prompt: 3+4=",
+        "    [1] reward 1.2 (language_consistency 1, numeric_match 1)",
+        "        7",
+        "    [2] reward 0.2 (language_consistency 1, numeric_match 0)",
+    ]
+    assert lines[5] == "        eight⏎or nine " + "x" * 25 + "…" and len(lines[5].strip()) == 40
+    assert lines[6:] == ["  prompt: 二加二等于几？", "    [1] reward 0 (numeric_match 0)", "        (empty)",
+                         "    [2] reward 0 (numeric_match 0)", "        四"]
+
+
+class RolloutsClient(FakeClient):
+    def stream_metrics(self, job_id, after_sequence=0, follow=True):
+        events = _events(self.final_state)
+        return iter([*events[:3], _rollouts_event(), *events[3:]])
+
+
+def test_metrics_samples_flag_prints_rollouts_in_full():
+    args = cli.build_parser().parse_args(["metrics", "job-1", "--samples"])
+    assert args.samples is True
+    out = io.StringIO()
+    assert cli.follow_job(RolloutsClient(), "job-1", out=out, samples=True) == 0
+    text = out.getvalue().splitlines()
+    assert text[3:6] == ["rollouts step 3:", "  prompt: 3+4=", "    [1] reward 1.2 (language_consistency 1, "
+                                                                  "numeric_match 1)"]
+    out = io.StringIO()
+    assert cli.follow_job(RolloutsClient(), "job-1", out=out) == 0
+    assert out.getvalue().splitlines()[3].startswith("rollouts step 3: 2 prompt(s) x 2 completions")
+
+
+def test_rl_job_files_parse_and_the_reward_model_placeholder_must_be_set(tmp_path, capsys):
+    jobs = Path(__file__).resolve().parents[2] / "examples" / "jobs"
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    client = FakeClient()
+    args = cli.build_parser().parse_args(["train", "-f", str(jobs / "grpo.yaml"), "--dataset", str(data)])
+    assert cli.cmd_train(client, args) == 0
+    (req,) = client.started
+    assert req.WhichOneof("method") == "grpo" and req.grpo.num_generations == 4
+    assert [r.name for r in req.grpo.rewards] == ["numeric_match", "language_consistency", "length_penalty"]
+
+    args = cli.build_parser().parse_args(["train", "-f", str(jobs / "rloo.yaml"), "--dataset", str(data)])
+    assert cli.cmd_train(FakeClient(), args) == 2
+    assert "ppo.reward_model_id is still the placeholder" in capsys.readouterr().err
+    client = FakeClient()
+    args = cli.build_parser().parse_args(["train", "-f", str(jobs / "rloo.yaml"), "--dataset", str(data),
+                                          "--reward-model", "rm-1"])
+    assert cli.cmd_train(client, args) == 0
+    (req,) = client.started
+    assert req.WhichOneof("method") == "ppo" and req.ppo.reward_model_id == "rm-1"
+    with pytest.raises(ValueError, match="--reward-model applies to the ppo method"):
+        cli.apply_train_overrides({"grpo": {}}, cli.build_parser().parse_args(
+            ["train", "--method", "grpo", "--reward-model", "rm-1"]))

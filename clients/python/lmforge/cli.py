@@ -152,7 +152,42 @@ def format_event_line(event: trainer_pb2.TrainingEvent, total_steps: int = 0) ->
         return f"checkpoint saved: {ckpt.id} (step {ckpt.step or event.step}, {checkpoint_kind_name(ckpt.kind)}{extra})"
     if kind == "log":
         return f"log [{event.log.level or 'INFO'}] {event.log.message}"
+    if kind == "rollouts":
+        return format_rollouts_summary(event)
     return f"event {event.sequence}"
+
+
+def _one_line(text: str, max_chars: int) -> str:
+    """Text on one line (newlines shown as ⏎), cut to max_chars with an ellipsis."""
+    flat = text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ")
+    return flat if len(flat) <= max_chars else flat[:max(max_chars - 1, 0)] + "…"
+
+
+def format_rollouts_summary(event: trainer_pb2.TrainingEvent) -> str:
+    """`rollouts step 10: 2 prompt(s) x 4 completions, mean reward 0.62 (--samples shows them)`."""
+    rollouts = event.rollouts
+    completions = [c for sample in rollouts.samples for c in sample.completions]
+    where = f"round {rollouts.round} step {event.step}" if rollouts.round else f"step {event.step}"
+    sizes = sorted({len(sample.completions) for sample in rollouts.samples})
+    group = f"{sizes[0]}" if len(sizes) == 1 else "/".join(map(str, sizes))
+    mean = sum(c.reward for c in completions) / len(completions) if completions else 0.0
+    return (f"rollouts {where}: {len(rollouts.samples)} prompt(s) x {group} completions, mean reward "
+            f"{format_number(mean)} (--samples shows them)")
+
+
+def format_rollouts_lines(event: trainer_pb2.TrainingEvent, max_chars: int = 120) -> list[str]:
+    """A rollout samples event in full: each prompt, then each completion of its group with its total
+    reward and each reward function's score (texts on one line each, cut to `max_chars`)."""
+    rollouts = event.rollouts
+    where = f"round {rollouts.round} step {event.step}" if rollouts.round else f"step {event.step}"
+    lines = [f"rollouts {where}:"]
+    for sample in rollouts.samples:
+        lines.append(f"  prompt: {_one_line(sample.prompt, max_chars)}")
+        for i, completion in enumerate(sample.completions, 1):
+            scores = ", ".join(f"{name} {format_number(value)}" for name, value in sorted(completion.rewards.items()))
+            lines.append(f"    [{i}] reward {format_number(completion.reward)}" + (f" ({scores})" if scores else ""))
+            lines.append(f"        {_one_line(completion.text, max_chars) if completion.text else '(empty)'}")
+    return lines
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -404,6 +439,11 @@ def _apply_method_flags(request: dict, args: argparse.Namespace) -> None:
     request[method] = body
     beta, loss, tokens = (getattr(args, "beta", None), getattr(args, "loss", None),
                           getattr(args, "new_token", None))
+    reward_model = getattr(args, "reward_model", None)
+    if reward_model and method != "ppo":
+        raise ValueError(f"--reward-model applies to the ppo method (RLOO), not {method}")
+    if reward_model:
+        body["reward_model_id"] = reward_model
     if (beta is not None or loss) and method != "dpo":
         raise ValueError(f"--beta and --loss apply to the dpo method, not {method}")
     if tokens and method not in VOCABULARY_METHODS:
@@ -428,11 +468,12 @@ class EventPrinter:
     """Prints a job's events: a live progress line redrawn with \\r on a TTY, one line per event otherwise
     (and one JSON object per event in --json mode). State changes, checkpoints and logs get own lines."""
 
-    def __init__(self, out: TextIO, *, tty: bool, json_mode: bool, total_steps: int = 0):
+    def __init__(self, out: TextIO, *, tty: bool, json_mode: bool, total_steps: int = 0, samples: bool = False):
         self.out = out
         self.tty = tty and not json_mode
         self.json_mode = json_mode
         self.total_steps = total_steps
+        self.samples = samples  # print rollout samples in full (else one summary line per event)
         self._progress = ""  # the progress line currently drawn (TTY only)
 
     def _clear(self) -> None:
@@ -460,6 +501,9 @@ class EventPrinter:
             self._progress = text
             self.out.flush()
             return
+        if kind == "rollouts" and self.samples:
+            self.line("\n".join(format_rollouts_lines(event)))
+            return
         self.line(format_event_line(event, self.total_steps))
 
     def finish(self) -> None:
@@ -470,10 +514,11 @@ class EventPrinter:
 
 
 def follow_job(client: TrainerClient, job_id: str, *, after: int = 0, follow: bool = True,
-               json_mode: bool = False, out: TextIO | None = None) -> int:
-    """Print the job's events, then its outcome. 0 if SUCCEEDED (or still running without follow), else 1."""
+               json_mode: bool = False, out: TextIO | None = None, samples: bool = False) -> int:
+    """Print the job's events, then its outcome. 0 if SUCCEEDED (or still running without follow), else 1.
+    `samples`: print RL rollout samples in full (prompt, completions, rewards) instead of a summary line."""
     out = out or sys.stdout
-    printer = EventPrinter(out, tty=out.isatty(), json_mode=json_mode)
+    printer = EventPrinter(out, tty=out.isatty(), json_mode=json_mode, samples=samples)
     try:
         for event in client.stream_metrics(job_id, after_sequence=after, follow=follow):
             printer.handle(event)
@@ -688,6 +733,19 @@ def _resolve_dataset(client: TrainerClient, ref: str) -> str:
     return ref
 
 
+def _placeholders(value, path: str = ""):
+    """(dotted path, value) of every "<...>" placeholder string left in a request dict (e.g. a job file's
+    `ppo.reward_model_id: "<reward model id>"`)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _placeholders(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _placeholders(item, f"{path}[{i}]")
+    elif isinstance(value, str) and value.startswith("<") and value.endswith(">"):
+        yield path, value
+
+
 def cmd_train(client: TrainerClient, args: argparse.Namespace) -> int:
     base = load_request_file(args.file) if args.file else {}
     request = apply_train_overrides(base, args)
@@ -699,6 +757,11 @@ def cmd_train(client: TrainerClient, args: argparse.Namespace) -> int:
         value = _get(request, key, "")
         if isinstance(value, str) and value.startswith("<"):
             print(f"error: {key} is still the placeholder {value!r}; set it with a flag", file=sys.stderr)
+            return EXIT_ERROR
+    for path, value in _placeholders(request):
+        if path != "dataset_id":
+            print(f"error: {path} is still the placeholder {value!r}; set it in the file or with a flag",
+                  file=sys.stderr)
             return EXIT_ERROR
     _set_path(request, ("dataset_id",), _resolve_dataset(client, dataset))
     job = client.start_training(to_start_training_request(request))
@@ -756,7 +819,8 @@ def cmd_jobs(client: TrainerClient, args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(client: TrainerClient, args: argparse.Namespace) -> int:
-    return follow_job(client, args.job_id, after=args.after, follow=args.follow, json_mode=args.json)
+    return follow_job(client, args.job_id, after=args.after, follow=args.follow, json_mode=args.json,
+                      samples=getattr(args, "samples", False))
 
 
 def cmd_checkpoints(client: TrainerClient, args: argparse.Namespace) -> int:
@@ -1067,6 +1131,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--loss", choices=PREFERENCE_LOSSES, help="dpo: the loss of the DPO family (default sigmoid)")
     train.add_argument("--new-token", action="append", metavar="TERM",
                        help="sft / continued-pretrain: add TERM to the vocabulary as one token (repeatable)")
+    train.add_argument("--reward-model", metavar="ID",
+                       help="ppo (RLOO): store id of the REWARD_MODEL that scores rollouts")
     train.add_argument("--name", help="display name")
     train.add_argument("--label", action="append", metavar="KEY=VALUE", help="job label (repeatable)")
     train.add_argument("--follow", action="store_true", help="then follow the metrics like `lmforge metrics`")
@@ -1086,6 +1152,8 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("job_id")
     metrics.add_argument("--after", type=int, default=0, help="only events with a sequence above N")
     metrics.add_argument("--no-follow", dest="follow", action="store_false", help="print what exists and stop")
+    metrics.add_argument("--samples", action="store_true",
+                         help="RL jobs: print rollout samples in full (prompt, each completion, its rewards)")
     metrics.set_defaults(func=cmd_metrics)
 
     ckpt = sub.add_parser("checkpoints", parents=[common], help="list checkpoints in the store")

@@ -5,6 +5,7 @@
     result = validate_file("train.jsonl", ff, method="sft")       # every bad row, in bounded memory
     ds = load_for_training("train.jsonl", ff, result.format)      # prompt/completion conversations
     pref = load_preference_for_training("pairs.jsonl", ff, conversational=True)  # prompt/chosen/rejected
+    rl = load_prompt_dataset("prompts.jsonl", ff, conversational=True)  # prompt + extra columns (RL)
 
 Pure Python (no torch); `datasets` is imported only by the `load_*_for_training` functions.
 """
@@ -21,6 +22,7 @@ from services.trainer.data.normalize import (
     PREFERENCE_COLUMNS,
     load_for_training,
     load_preference_for_training,
+    load_prompt_dataset,
     to_conversational_examples,
     to_messages,
     to_preference_example,
@@ -41,6 +43,7 @@ __all__ = [
     "iter_rows",
     "load_for_training",
     "load_preference_for_training",
+    "load_prompt_dataset",
     "to_conversational_examples",
     "to_messages",
     "to_preference_example",

@@ -329,3 +329,98 @@ def _detect_preference_format(path: Path, file_format: FileFormat) -> DatasetFor
                 return found
     raise invalid_field("format", f"{str(path)!r} has no preference rows (prompt + chosen + rejected, or prompt + "
                         "completion + label)", "validate the file for method dpo or reward first")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompt-only rows (RL methods: GRPO, RLOO, RFT): `prompt` plus any extra columns the rewards read.
+
+
+def _prompt_row_keys(path: Path, file_format: FileFormat) -> list[str]:
+    """Every column of the file other than `prompt`, in first-seen order (rows may omit some)."""
+    keys: dict[str, None] = {}
+    for _, row in iter_rows(path, file_format):
+        if isinstance(row, dict):
+            keys.update((k, None) for k in row if k != "prompt")
+    return list(keys)
+
+
+def _extra_cell(value) -> str | None:
+    """An extra column's cell as the string rewards read (numbers, e.g. an `answer` of 7, become "7";
+    lists and objects become JSON; a missing cell stays None)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _generate_prompt_rows(path: str, file_format: str, conversational: bool, extra_json: str, stamp: str):
+    """Rows for `datasets.Dataset.from_generator`; raises InvalidArgument after the last row if any was bad.
+    `extra_json` is the JSON list of extra columns (a list in gen_kwargs would be split into shards)."""
+    import json
+
+    extra = json.loads(extra_json)
+    violations: list[Violation] = []
+    bad = total = 0
+    for row_number, row in iter_rows(path, FileFormat(file_format)):
+        total += 1
+        if isinstance(row, Violation):
+            bad += 1
+            violations.append(row)
+            continue
+        row_violations: list[Violation] = []
+        prompt = _preference_turns(row.get("prompt"), "prompt", "user", conversational, row_number, row_violations)
+        if row_violations:
+            bad += 1
+            violations.extend(row_violations)
+            continue
+        yield {"prompt": prompt, **{key: _extra_cell(row.get(key)) for key in extra}}
+    if bad:
+        raise InvalidArgument(f"{bad} of {total} rows of {Path(path).name!r} cannot be used as prompts; "
+                              "fix the rows listed", violations[:_MAX_LOAD_VIOLATIONS])
+
+
+def load_prompt_dataset(path: str | Path, file_format: FileFormat, *, conversational: bool,
+                        cache_dir: str | Path | None = None):
+    """A prompt-only `datasets.Dataset` for the RL trainers (GRPO, RLOO, RFT): `prompt` plus every other
+    column of the file.
+
+    With `conversational` (the tokenizer has a chat template) a string prompt becomes one user turn
+    ([{"role": "user", "content": ...}]) and message-list prompts are kept (they must end with a user
+    turn); without, prompts must be strings. Extra columns (e.g. `answer`) are kept for the reward
+    functions, as strings (numbers such as 7 become "7", lists/objects JSON; a cell a row omits is None).
+    Rows are streamed into an Arrow file in `cache_dir`. Raises InvalidArgument listing every unusable
+    row; NotFound for a missing file.
+    """
+    import json
+
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    path = Path(path)
+    file_format = FileFormat(file_format)
+    extra = _prompt_row_keys(path, file_format)
+    message = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    features = datasets.Features({"prompt": message if conversational else datasets.Value("string"),
+                                  **{key: datasets.Value("string") for key in extra}})
+    stat = path.stat()
+    try:
+        ds = datasets.Dataset.from_generator(
+            _generate_prompt_rows, features=features,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            gen_kwargs={"path": str(path), "file_format": file_format.value, "conversational": conversational,
+                        "extra_json": json.dumps(extra), "stamp": f"{stat.st_size}-{stat.st_mtime_ns}"},
+        )
+    except DatasetGenerationError as exc:
+        if isinstance(exc.__cause__, LmforgeError):
+            raise exc.__cause__ from None
+        raise
+    if len(ds) == 0:
+        raise invalid_field("dataset_id", f"{path.name!r} has no rows", "add rows with a prompt")
+    return ds

@@ -16,6 +16,10 @@ RECIPE_MODULES = {
     "sft": "services.trainer.recipes.sft",
     "reward": "services.trainer.recipes.reward",
     "dpo": "services.trainer.recipes.dpo",
+    "grpo": "services.trainer.recipes.grpo",
+    "ppo": "services.trainer.recipes.ppo",
+    "rft": "services.trainer.recipes.rft",
+    "distill": "services.trainer.recipes.distill",
     "evaluate": "services.trainer.recipes.evaluate",
 }
 

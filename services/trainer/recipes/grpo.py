@@ -1,0 +1,187 @@
+"""GRPO (full / LoRA / QLoRA) on TRL's GRPOTrainer, with rewards from the server's registry.
+
+Data is prompt-only: `prompt` (a string or a message list ending with a user turn) plus any extra columns,
+which reach the reward functions as keyword arguments (e.g. `answer` for `exact_match`); string prompts
+become one user turn when the tokenizer has a chat template (`data.load_prompt_dataset`).
+
+Batch sizes, as TRL counts them: `hyperparameters.batch_size` is *completions* per micro-batch, so one
+optimizer step trains on batch_size x gradient_accumulation_steps completions, which are
+(batch_size x gradient_accumulation_steps) / num_generations prompts with num_generations completions each.
+That product must therefore be a multiple of `grpo.num_generations` (e.g. batch_size 8 with 4 generations:
+2 prompts per step); otherwise the request fails with INVALID_ARGUMENT naming `hyperparameters.batch_size`.
+Generation happens once per optimizer step. `hyperparameters.max_seq_length` is not used (TRL 1.16's
+GRPO does not truncate prompts); `grpo.max_completion_length` bounds each completion.
+
+Method fields map to GRPOConfig: num_generations, beta (KL coefficient; 0 = no reference model),
+epsilon (clipping), loss -> loss_type (grpo / dr_grpo / dapo), max_completion_length, temperature;
+the reward weights -> reward_weights. Reference model (beta > 0): with LoRA/QLoRA the base with the
+adapter disabled; with full training a frozen copy TRL loads itself. Rollouts use vLLM in colocate mode
+when `grpo.use_vllm` is set, the worker has CUDA and vllm imports; otherwise transformers `generate` (the
+job log says which).
+
+Metrics are TRL's: reward, reward_std, rewards/<fn>/mean, rewards/<fn>/std, kl (beta > 0), entropy,
+clip_ratio/*, completions/mean_length, completions/clipped_ratio, frac_reward_zero_std, ... Rollout samples
+stream as `rollouts` events (recipes/rollouts.py). The result is an ADAPTER or a FULL_CHECKPOINT.
+
+`build_grpo_config`, `load_datasets` and `build_rewards` are what `run` uses, so bench/grpo_step_time.py
+runs the identical configuration bare.
+"""
+
+from __future__ import annotations
+
+import os
+
+from services.common.errors import invalid_field
+from services.trainer.data import FileFormat, load_prompt_dataset
+from services.trainer.recipes.adapters import describe_loaded_model, load_base_for_training, resolve_precision
+from services.trainer.recipes.callbacks import finish_training, standard_callbacks
+from services.trainer.recipes.common import load_tokenizer, train_and_eval_datasets, training_arguments
+from services.trainer.recipes.context import RecipeContext
+from services.trainer.recipes.rollouts import RolloutSamplesCallback
+from services.trainer.spec import DatasetFile, TrainingSpec
+
+
+def vllm_available(device: str) -> bool:
+    """vLLM rollouts need a GPU and the vllm package."""
+    if device != "cuda":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_batch(spec: TrainingSpec, num_generations: int, method: str, has_eval: bool) -> None:
+    """The generation batch (batch_size x gradient_accumulation_steps completions) must hold whole groups."""
+    hyper = spec.hyperparameters
+    completions = hyper.batch_size * hyper.gradient_accumulation_steps
+    if completions % num_generations:
+        accumulation = hyper.gradient_accumulation_steps
+        fits = next(b for b in range(hyper.batch_size + 1, hyper.batch_size + num_generations + 1)
+                    if b * accumulation % num_generations == 0)
+        raise invalid_field(
+            "hyperparameters.batch_size",
+            f"{method} trains on groups of {method}.num_generations = {num_generations} completions per prompt, but "
+            f"batch_size x gradient_accumulation_steps = {hyper.batch_size} x {accumulation} "
+            f"= {completions} completions per step is not a multiple of {num_generations}",
+            f"batch_size counts completions: e.g. batch_size {fits} ({fits * accumulation // num_generations} "
+            f"prompt(s) per step), or change num_generations")
+    if has_eval and hyper.batch_size % num_generations:
+        raise invalid_field(
+            "hyperparameters.batch_size",
+            f"evaluation generates {num_generations} completions per prompt in batches of batch_size = "
+            f"{hyper.batch_size}, which is not a multiple of {num_generations}",
+            f"use a batch_size that is a multiple of {num_generations}, or evaluate without a held-out set")
+
+
+def rollout_settings(spec: TrainingSpec, device: str, use_vllm: bool) -> tuple[dict, str]:
+    """(GRPOConfig/RLOOConfig generation kwargs, one log line saying how rollouts are generated)."""
+    # load_base_for_training turns the model's KV cache off (training needs none); generation does: without
+    # it every new token recomputes the whole sequence (3.5x slower for SmolLM2 at 32 new tokens on CPU).
+    transformers_generate = {"use_vllm": False, "generation_kwargs": {"use_cache": True}}
+    if not use_vllm:
+        return transformers_generate, "rollouts: transformers generate"
+    if not vllm_available(device):
+        why = "the worker has no GPU" if device != "cuda" else "vllm is not installed"
+        return transformers_generate, f"rollouts: transformers generate (use_vllm was asked for, but {why})"
+    # Colocated vLLM runs in this (single) process through torch.distributed's external launcher.
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", str(29500 + os.getpid() % 2000))):
+        os.environ.setdefault(key, value)
+    return ({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
+             "vllm_enable_sleep_mode": False},
+            "rollouts: vLLM (colocate mode, 30% of GPU memory)")
+
+
+def build_grpo_config(spec: TrainingSpec, output_dir: str, device: str, has_eval: bool = False,
+                      weights: list[float] | None = None):
+    """TRL's GRPOConfig for a GRPO spec (see the module docstring for the field mapping). Raises
+    InvalidArgument (hyperparameters.batch_size) when a step would not hold whole groups."""
+    from trl import GRPOConfig
+
+    method = spec.method_config
+    check_batch(spec, method.num_generations, "grpo", has_eval)
+    rollout, _ = rollout_settings(spec, device, method.use_vllm)
+    return GRPOConfig(
+        **training_arguments(spec, output_dir, device, has_eval),
+        num_generations=method.num_generations, beta=method.beta, epsilon=method.epsilon,
+        loss_type=method.loss, max_completion_length=method.max_completion_length,
+        temperature=method.temperature,
+        reward_weights=weights or [r.weight for r in method.rewards],
+        log_completions=False,  # samples stream as `rollouts` events instead
+        **rollout,
+    )
+
+
+def load_datasets(spec: TrainingSpec, cache_dir: str, conversational: bool):
+    """Train and (optional) eval prompt datasets: `prompt` plus the file's other columns."""
+
+    def load(dataset: DatasetFile):
+        return load_prompt_dataset(dataset.path, FileFormat(dataset.file_format), conversational=conversational,
+                                   cache_dir=cache_dir)
+
+    return train_and_eval_datasets(spec, load)
+
+
+def build_rewards(ctx: RecipeContext | None, configs, *, store, device: str, recorder=None):
+    """(reward callables, weights) from the registry; warnings go to the job log when there is a job."""
+    from services.trainer.rewards import build_reward_functions
+
+    return build_reward_functions(configs, store=store, device=device, log=ctx.log if ctx is not None else None,
+                                  recorder=recorder)
+
+
+def describe_rewards(configs, weights) -> str:
+    parts = []
+    for config, weight in zip(configs, weights):
+        params = ", ".join(f"{k}={v!r}" for k, v in sorted((config.params or {}).items()))
+        if config.reward_model_id:
+            params = ", ".join(filter(None, [f"model {config.reward_model_id}", params]))
+        parts.append(f"{config.name}" + (f"({params})" if params else "") + f" x {weight:g}")
+    return "rewards: " + " + ".join(parts)
+
+
+def describe_reference(spec: TrainingSpec, beta: float) -> str:
+    if beta == 0:
+        return "none (beta 0: no KL term)"
+    if spec.adapter.is_peft:
+        return "the base model with the adapter disabled (no second copy in memory)"
+    return "a frozen copy of the base model loaded by TRL (full training)"
+
+
+def run(ctx: RecipeContext) -> str:
+    from trl import GRPOTrainer
+
+    from services.trainer.rewards import RolloutRecorder
+
+    spec = ctx.spec
+    method = spec.method_config
+    base_dir = ctx.store.path_of(spec.base_model_id, "base_model_id")
+    tokenizer = load_tokenizer(base_dir)
+    conversational = bool(tokenizer.chat_template)
+
+    ctx.log("loading prompts" + ("" if conversational else " (no chat template: plain-text prompts)"))
+    train_dataset, eval_dataset = load_datasets(spec, str(ctx.work_dir / "datasets-cache"), conversational)
+    recorder = RolloutRecorder()
+    reward_funcs, weights = build_rewards(ctx, method.rewards, store=ctx.store, device=ctx.device,
+                                          recorder=recorder)
+    config = build_grpo_config(spec, str(ctx.work_dir / "trainer"), ctx.device, eval_dataset is not None, weights)
+    _, rollout_line = rollout_settings(spec, ctx.device, method.use_vllm)
+    hyper = spec.hyperparameters
+    prompts = hyper.batch_size * hyper.gradient_accumulation_steps // method.num_generations
+    ctx.log(f"GRPO on GRPOTrainer: loss {method.loss}, {method.num_generations} completions per prompt, "
+            f"{prompts} prompt(s) per step, beta {method.beta}, epsilon {method.epsilon}, temperature "
+            f"{method.temperature}, max_completion_length {method.max_completion_length}; reference: "
+            f"{describe_reference(spec, method.beta)}")
+    ctx.log(describe_rewards(method.rewards, weights))
+    ctx.log(rollout_line)
+    ctx.log(f"loading {spec.base_model_id} for {spec.adapter.type} training on {ctx.device}")
+    precision = resolve_precision(hyper, spec.adapter, ctx.device)
+    model, peft_config = load_base_for_training(base_dir, spec.adapter, precision, ctx.device)
+    ctx.log(describe_loaded_model(model))
+    callbacks, checkpointer = standard_callbacks(ctx, tokenizer)
+    callbacks.append(RolloutSamplesCallback(ctx, recorder, method.samples))
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
+                          eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=callbacks)
+    return finish_training(ctx, trainer, checkpointer, evaluate=eval_dataset is not None)
+
