@@ -35,6 +35,7 @@ from services.trainer.spec import (
     RolloutSamplingConfig,
     SftConfig,
     TrainingSpec,
+    check_group_batch,
 )
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -396,6 +397,9 @@ def spec_from_request(request: trainer_pb2.StartTrainingRequest, store: Checkpoi
                    "a reward model is saved as full weights and a 4-bit base cannot be merged into them",
                    "use ADAPTER_LORA (merged at the end) or ADAPTER_FULL")
     checks.raise_if_any()
+    if method in ("grpo", "ppo"):
+        has_eval = evaluation.split_ratio > 0 or bool(evaluation.eval_dataset_id)
+        check_group_batch(hyper, method_config.num_generations, method, has_eval)
 
     base_model_id = ""
     if method == "pretrain":

@@ -283,6 +283,31 @@ class TrainingSpec:
         path.write_text(self.to_json(), encoding="utf-8")
 
 
+def check_group_batch(hyper: Hyperparameters, num_generations: int, method: str, has_eval: bool) -> None:
+    """GRPO / RLOO: the generation batch (batch_size x gradient_accumulation_steps completions) must hold whole
+    groups of num_generations. Raises InvalidArgument naming hyperparameters.batch_size and a size that fits."""
+    from services.common.errors import invalid_field
+
+    completions = hyper.batch_size * hyper.gradient_accumulation_steps
+    if completions % num_generations:
+        accumulation = hyper.gradient_accumulation_steps
+        fits = next(b for b in range(hyper.batch_size + 1, hyper.batch_size + num_generations + 1)
+                    if b * accumulation % num_generations == 0)
+        raise invalid_field(
+            "hyperparameters.batch_size",
+            f"{method} trains on groups of {method}.num_generations = {num_generations} completions per prompt, but "
+            f"batch_size x gradient_accumulation_steps = {hyper.batch_size} x {accumulation} "
+            f"= {completions} completions per step is not a multiple of {num_generations}",
+            f"batch_size counts completions: e.g. batch_size {fits} ({fits * accumulation // num_generations} "
+            f"prompt(s) per step), or change num_generations")
+    if has_eval and hyper.batch_size % num_generations:
+        raise invalid_field(
+            "hyperparameters.batch_size",
+            f"evaluation generates {num_generations} completions per prompt in batches of batch_size = "
+            f"{hyper.batch_size}, which is not a multiple of {num_generations}",
+            f"use a batch_size that is a multiple of {num_generations}, or evaluate without a held-out set")
+
+
 def _method_config_from_dict(method: str, data: dict):
     """A method config from its JSON dict, rebuilding the nested reward and sampling dataclasses."""
     data = dict(data)

@@ -173,12 +173,13 @@ def _field_violations(error: grpc.RpcError) -> list:
     return found
 
 
-def test_odd_batch_size_fails_naming_the_field(trainer_client, tiny_model_id, prompts_dataset_id):
+def test_odd_batch_size_is_refused_at_once_naming_the_field(trainer_client, tiny_model_id, prompts_dataset_id):
     request = rl_request(tiny_model_id, prompts_dataset_id, "grpo", {"rewards": [LENGTH], "num_generations": 4},
                          max_steps=1, batch_size=6)
-    job = trainer_client.wait(trainer_client.start_training(request).id)
-    assert job.state == FAILED and job.error.code == "INVALID_ARGUMENT"
-    assert "hyperparameters.batch_size" in job.error.message + "".join(v.field for v in job.error.violations)
+    with pytest.raises(grpc.RpcError) as info:
+        trainer_client.start_training(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hyperparameters.batch_size" in info.value.details() and "not a multiple of 4" in info.value.details()
 
 
 def test_rows_missing_the_answer_column_fail_at_validation(trainer_client, tiny_model_id, tmp_path):

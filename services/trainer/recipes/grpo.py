@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import os
 
-from services.common.errors import invalid_field
 from services.trainer.data import FileFormat, load_prompt_dataset
 from services.trainer.recipes.adapters import describe_loaded_model, load_base_for_training, resolve_precision
 from services.trainer.recipes.callbacks import finish_training, standard_callbacks
 from services.trainer.recipes.common import load_tokenizer, train_and_eval_datasets, training_arguments
 from services.trainer.recipes.context import RecipeContext
 from services.trainer.recipes.rollouts import RolloutSamplesCallback
-from services.trainer.spec import DatasetFile, TrainingSpec
+from services.trainer.spec import DatasetFile, TrainingSpec, check_group_batch
 
 
 def vllm_available(device: str) -> bool:
@@ -48,29 +47,6 @@ def vllm_available(device: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
-
-
-def check_batch(spec: TrainingSpec, num_generations: int, method: str, has_eval: bool) -> None:
-    """The generation batch (batch_size x gradient_accumulation_steps completions) must hold whole groups."""
-    hyper = spec.hyperparameters
-    completions = hyper.batch_size * hyper.gradient_accumulation_steps
-    if completions % num_generations:
-        accumulation = hyper.gradient_accumulation_steps
-        fits = next(b for b in range(hyper.batch_size + 1, hyper.batch_size + num_generations + 1)
-                    if b * accumulation % num_generations == 0)
-        raise invalid_field(
-            "hyperparameters.batch_size",
-            f"{method} trains on groups of {method}.num_generations = {num_generations} completions per prompt, but "
-            f"batch_size x gradient_accumulation_steps = {hyper.batch_size} x {accumulation} "
-            f"= {completions} completions per step is not a multiple of {num_generations}",
-            f"batch_size counts completions: e.g. batch_size {fits} ({fits * accumulation // num_generations} "
-            f"prompt(s) per step), or change num_generations")
-    if has_eval and hyper.batch_size % num_generations:
-        raise invalid_field(
-            "hyperparameters.batch_size",
-            f"evaluation generates {num_generations} completions per prompt in batches of batch_size = "
-            f"{hyper.batch_size}, which is not a multiple of {num_generations}",
-            f"use a batch_size that is a multiple of {num_generations}, or evaluate without a held-out set")
 
 
 def rollout_settings(spec: TrainingSpec, device: str, use_vllm: bool) -> tuple[dict, str]:
@@ -99,7 +75,7 @@ def build_grpo_config(spec: TrainingSpec, output_dir: str, device: str, has_eval
     from trl import GRPOConfig
 
     method = spec.method_config
-    check_batch(spec, method.num_generations, "grpo", has_eval)
+    check_group_batch(spec.hyperparameters, method.num_generations, "grpo", has_eval)
     rollout, _ = rollout_settings(spec, device, method.use_vllm)
     return GRPOConfig(
         **training_arguments(spec, output_dir, device, has_eval),

@@ -26,14 +26,13 @@ from services.trainer.recipes.common import load_tokenizer, training_arguments
 from services.trainer.recipes.context import RecipeContext
 from services.trainer.recipes.grpo import (
     build_rewards,
-    check_batch,
     describe_reference,
     describe_rewards,
     load_datasets,
     rollout_settings,
 )
 from services.trainer.recipes.rollouts import RolloutSamplesCallback
-from services.trainer.spec import PpoConfig, TrainingSpec
+from services.trainer.spec import PpoConfig, TrainingSpec, check_group_batch
 
 
 def build_rloo_config(spec: TrainingSpec, output_dir: str, device: str, has_eval: bool = False,
@@ -45,7 +44,7 @@ def build_rloo_config(spec: TrainingSpec, output_dir: str, device: str, has_eval
     if method.algorithm != "rloo":
         raise invalid_field("ppo.algorithm", f"{method.algorithm!r} is not available (TRL 1.16 has no PPOTrainer)",
                             "use PPO_ALGORITHM_RLOO")
-    check_batch(spec, method.num_generations, "ppo", has_eval)
+    check_group_batch(spec.hyperparameters, method.num_generations, "ppo", has_eval)
     rollout, _ = rollout_settings(spec, device, False)
     return RLOOConfig(
         **training_arguments(spec, output_dir, device, has_eval),
