@@ -199,15 +199,18 @@ def test_bad_input_gets_precise_status_codes(client, store_root, tiny_model_id, 
 
 def _tiny_reward_model(store, base_id: str) -> str:
     """A real one-score sequence classifier on the tiny base, stored as a REWARD_MODEL entry."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from services.common.store import EntryKind, Manifest
 
     reward_id = "tiny-reward-scorer"
     if not store.exists(reward_id):
         model = AutoModelForSequenceClassification.from_pretrained(store.path_of(base_id), num_labels=1)
+        tokenizer = AutoTokenizer.from_pretrained(store.path_of(base_id))
+        model.config.pad_token_id = tokenizer.pad_token_id
         with store.write_entry(Manifest(id=reward_id, kind=EntryKind.REWARD_MODEL, base_model_id=base_id)) as out:
             model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
     return reward_id
 
 

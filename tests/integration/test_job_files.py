@@ -24,11 +24,32 @@ JOB_FILES = {
     "continued_pretrain.yaml": ("pretrain_corpus.jsonl", common_pb2.FULL_CHECKPOINT, True),  # new tokens: merged
     "dpo_lora.yaml": ("preference_demo.jsonl", common_pb2.ADAPTER, True),
     "reward.yaml": ("preference_demo.jsonl", common_pb2.REWARD_MODEL, False),
+    "grpo.yaml": ("rl_prompts.jsonl", common_pb2.ADAPTER, True),
+    "rloo.yaml": ("rl_prompts.jsonl", common_pb2.ADAPTER, True),
+    "rft.yaml": ("rft_prompts.jsonl", common_pb2.ADAPTER, True),
+    "distill.yaml": ("distill_prompts.jsonl", common_pb2.ADAPTER, True),
 }
+# Per job file: flags that point it at what the tiny test store holds, and its steps for --max-steps 2.
+EXTRA_FLAGS = {
+    "rloo.yaml": lambda store: ["--reward-model", _tiny_reward_model(store)],
+    "distill.yaml": lambda store: ["--teacher", "tiny-llama"],
+}
+STEPS = {"rft.yaml": 2 * 3}  # --max-steps is per round, 3 rounds
+# A random tiny teacher answers greedily with whitespace only: let it sample instead.
+FILE_EDITS = {"distill.yaml": lambda text: text.replace("temperature: 0.0", "temperature: 1.0")}
 
 
 def test_every_job_file_is_exercised():
     assert set(JOB_FILES) == {p.name for p in JOBS.glob("*.yaml")}, "add the new job file to JOB_FILES"
+
+
+def _tiny_reward_model(store_root) -> str:
+    """A one-score classifier on the tiny base, stored as a REWARD_MODEL (untrained: RLOO only needs a scorer)."""
+    from tests.integration.test_inference_service import _tiny_reward_model as make
+
+    from services.common.store import CheckpointStore
+
+    return make(CheckpointStore(store_root), "tiny-llama")
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +65,21 @@ def inference(store_root):
 
 @pytest.mark.parametrize("job_file", sorted(JOB_FILES))
 def test_job_file_runs_from_the_cli_and_its_result_serves(job_file, trainer_server, trainer_client, tiny_model_id,
-                                                         inference):
+                                                         inference, tmp_path):
     dataset, kind, servable = JOB_FILES[job_file]
-    args = ["train", "-f", f"examples/jobs/{job_file}", "--dataset", f"examples/data/{dataset}",
+    path = JOBS / job_file
+    if job_file in FILE_EDITS:
+        path = tmp_path / job_file
+        path.write_text(FILE_EDITS[job_file]((JOBS / job_file).read_text(encoding="utf-8")), encoding="utf-8")
+    args = ["train", "-f", str(path), "--dataset", f"examples/data/{dataset}",
             "--max-steps", "2", "--max-seq-length", "64", "--save-every", "0", "--follow"]
     if job_file != "pretrain.yaml":
         args += ["--base-model", tiny_model_id]
+    args += EXTRA_FLAGS.get(job_file, lambda store: [])(trainer_server.store_root)
     result = lmforge(trainer_server, *args, timeout=540)
     assert result.returncode == 0, _explain(result)
     job = trainer_client.get_job(result.stdout.split()[0])
-    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED and job.current_step == 2
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED and job.current_step == STEPS.get(job_file, 2)
     [checkpoint] = [c for c in trainer_client.list_checkpoints(job_id=job.id) if c.id == job.result_checkpoint_id]
     assert checkpoint.kind == kind
     if not servable:

@@ -238,6 +238,10 @@ def test_method_flags_go_into_the_method_body():
     assert list(cli.build_train_request({}, _train_args("--new-token", "x")).sft.vocabulary.new_tokens) == ["x"]
     with pytest.raises(ValueError, match="dpo method"):
         cli.build_train_request({}, _train_args("--beta", "0.2"))
+    req = cli.build_train_request({"distill": {"teacher_model_id": "big"}}, _train_args("--teacher", "tiny-teacher"))
+    assert req.distill.teacher_model_id == "tiny-teacher"
+    with pytest.raises(ValueError, match="--teacher"):
+        cli.build_train_request({}, _train_args("--teacher", "x"))
     with pytest.raises(ValueError, match="--new-token"):
         cli.build_train_request({}, _train_args("--method", "reward", "--new-token", "x"))
 

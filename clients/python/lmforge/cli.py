@@ -444,6 +444,11 @@ def _apply_method_flags(request: dict, args: argparse.Namespace) -> None:
         raise ValueError(f"--reward-model applies to the ppo method (RLOO), not {method}")
     if reward_model:
         body["reward_model_id"] = reward_model
+    teacher = getattr(args, "teacher", None)
+    if teacher and method != "distill":
+        raise ValueError(f"--teacher applies to the distill method, not {method}")
+    if teacher:
+        body["teacher_model_id"] = teacher
     if (beta is not None or loss) and method != "dpo":
         raise ValueError(f"--beta and --loss apply to the dpo method, not {method}")
     if tokens and method not in VOCABULARY_METHODS:
@@ -1133,6 +1138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sft / continued-pretrain: add TERM to the vocabulary as one token (repeatable)")
     train.add_argument("--reward-model", metavar="ID",
                        help="ppo (RLOO): store id of the REWARD_MODEL that scores rollouts")
+    train.add_argument("--teacher", metavar="ID", help="distill: store id of the teacher model")
     train.add_argument("--name", help="display name")
     train.add_argument("--label", action="append", metavar="KEY=VALUE", help="job label (repeatable)")
     train.add_argument("--follow", action="store_true", help="then follow the metrics like `lmforge metrics`")

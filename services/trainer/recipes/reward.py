@@ -128,6 +128,9 @@ def load_reward_model(store: CheckpointStore, reward_model_id: str, *, device: s
     if manifest.kind is not EntryKind.REWARD_MODEL:
         raise FailedPrecondition(f"{field_name}: {reward_model_id!r} is a {manifest.kind.value}, not a reward model; "
                                  "train one with the `reward` method and pass its checkpoint id")
+    if not manifest.has_tokenizer:
+        raise FailedPrecondition(f"{field_name}: reward model {reward_model_id!r} has no tokenizer files; it cannot "
+                                 "turn text into inputs (reward jobs save one: retrain it with the reward method)")
     path = store.path_of(reward_model_id, field_name)
     tokenizer = load_tokenizer(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
