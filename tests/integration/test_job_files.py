@@ -91,5 +91,7 @@ def test_job_file_runs_from_the_cli_and_its_result_serves(job_file, trainer_serv
     text, finished = inference.chat(model_id, [{"role": "user", "content": "锻造 forge?"}], adapter_id=adapter_id,
                                     temperature=0.0, max_new_tokens=4)
     assert finished.usage.completion_tokens > 0
-    if kind != common_pb2.ADAPTER:
+    if kind == common_pb2.ADAPTER:
+        inference.unload_adapter(adapter_id, model_id)  # a model holds at most max_loras adapters at once
+    else:
         inference.unload_model(model_id)
