@@ -124,9 +124,12 @@ def describe_reference(spec: TrainingSpec, beta: float) -> str:
     return "a frozen copy of the base model loaded by TRL (full training)"
 
 
-def run(ctx: RecipeContext) -> str:
-    from trl import GRPOTrainer
-
+def train_on_rollouts(ctx: RecipeContext, trainer_class, build_config, *, headline: str, use_vllm: bool,
+                      preload_rewards: bool = False) -> str:
+    """The run GRPO and RLOO share: prompts, rewards (recorded for rollout samples), the TRL config from
+    `build_config(spec, output_dir, device, has_eval, weights)`, the model, then `trainer_class` (a TRL
+    online trainer taking reward_funcs) to the final checkpoint. `preload_rewards` loads reward models
+    before training, so a bad one fails the job before any step."""
     from services.trainer.rewards import RolloutRecorder
 
     spec = ctx.spec
@@ -140,14 +143,18 @@ def run(ctx: RecipeContext) -> str:
     recorder = RolloutRecorder()
     reward_funcs, weights = build_rewards(ctx, method.rewards, store=ctx.store, device=ctx.device,
                                           recorder=recorder)
-    config = build_grpo_config(spec, str(ctx.work_dir / "trainer"), ctx.device, eval_dataset is not None, weights)
-    _, rollout_line = rollout_settings(spec, ctx.device, method.use_vllm)
+    if preload_rewards:
+        for fn in reward_funcs:
+            prepare = getattr(getattr(fn, "_batch", None), "prepare", None)
+            if callable(prepare):
+                prepare()
+    config = build_config(spec, str(ctx.work_dir / "trainer"), ctx.device, eval_dataset is not None, weights)
+    _, rollout_line = rollout_settings(spec, ctx.device, use_vllm)
     hyper = spec.hyperparameters
     prompts = hyper.batch_size * hyper.gradient_accumulation_steps // method.num_generations
-    ctx.log(f"GRPO on GRPOTrainer: loss {method.loss}, {method.num_generations} completions per prompt, "
-            f"{prompts} prompt(s) per step, beta {method.beta}, epsilon {method.epsilon}, temperature "
-            f"{method.temperature}, max_completion_length {method.max_completion_length}; reference: "
-            f"{describe_reference(spec, method.beta)}")
+    ctx.log(f"{headline}: {method.num_generations} completions per prompt, {prompts} prompt(s) per step, "
+            f"beta {method.beta}, temperature {method.temperature}, max_completion_length "
+            f"{method.max_completion_length}; reference: {describe_reference(spec, method.beta)}")
     ctx.log(describe_rewards(method.rewards, weights))
     ctx.log(rollout_line)
     ctx.log(f"loading {spec.base_model_id} for {spec.adapter.type} training on {ctx.device}")
@@ -156,8 +163,15 @@ def run(ctx: RecipeContext) -> str:
     ctx.log(describe_loaded_model(model))
     callbacks, checkpointer = standard_callbacks(ctx, tokenizer)
     callbacks.append(RolloutSamplesCallback(ctx, recorder, method.samples))
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
-                          eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=callbacks)
+    trainer = trainer_class(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
+                            eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=peft_config,
+                            callbacks=callbacks)
     return finish_training(ctx, trainer, checkpointer, evaluate=eval_dataset is not None)
 
+
+def run(ctx: RecipeContext) -> str:
+    from trl import GRPOTrainer
+
+    method = ctx.spec.method_config
+    return train_on_rollouts(ctx, GRPOTrainer, build_grpo_config, use_vllm=method.use_vllm,
+                             headline=f"GRPO on GRPOTrainer: loss {method.loss}, epsilon {method.epsilon}")
