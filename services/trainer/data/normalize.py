@@ -250,25 +250,32 @@ def _preference_turns(value, key: str, role: str, conversational: bool, row_numb
     return messages
 
 
-def _generate_preference_rows(path: str, file_format: str, fmt: str, conversational: bool, stamp: str):
-    """Rows for `datasets.Dataset.from_generator`; raises InvalidArgument after the last row if any was bad
-    (so every bad row is reported). `stamp` (size + mtime) only keys the datasets cache."""
+def _examples_reporting_every_bad_row(path: str, file_format: str, purpose: str, to_example):
+    """Yield `to_example(row, row_number)` for each row; a row it refuses (InvalidArgument) or that cannot
+    be read is counted, and after the last row one InvalidArgument lists them all (so every bad row is
+    reported, not just the first)."""
     violations: list[Violation] = []
     bad = total = 0
     for row_number, row in iter_rows(path, FileFormat(file_format)):
         total += 1
-        if isinstance(row, Violation):
-            bad += 1
-            violations.append(row)
-            continue
         try:
-            yield to_preference_example(row, DatasetFormat(fmt), conversational, row_number)
+            if isinstance(row, Violation):
+                raise InvalidArgument(row.reason, [row])
+            yield to_example(row, row_number)
         except InvalidArgument as exc:
             bad += 1
             violations.extend(exc.violations)
     if bad:
-        raise InvalidArgument(f"{bad} of {total} rows of {Path(path).name!r} cannot be used for preference training; "
+        raise InvalidArgument(f"{bad} of {total} rows of {Path(path).name!r} cannot be used {purpose}; "
                               "fix the rows listed", violations[:_MAX_LOAD_VIOLATIONS])
+
+
+def _generate_preference_rows(path: str, file_format: str, fmt: str, conversational: bool, stamp: str):
+    """Rows for `datasets.Dataset.from_generator` (see _examples_reporting_every_bad_row). `stamp`
+    (size + mtime) only keys the datasets cache."""
+    yield from _examples_reporting_every_bad_row(
+        path, file_format, "for preference training",
+        lambda row, number: to_preference_example(row, DatasetFormat(fmt), conversational, number))
 
 
 def load_preference_for_training(
@@ -361,29 +368,20 @@ def _extra_cell(value) -> str | None:
 
 
 def _generate_prompt_rows(path: str, file_format: str, conversational: bool, extra_json: str, stamp: str):
-    """Rows for `datasets.Dataset.from_generator`; raises InvalidArgument after the last row if any was bad.
+    """Rows for `datasets.Dataset.from_generator` (see _examples_reporting_every_bad_row).
     `extra_json` is the JSON list of extra columns (a list in gen_kwargs would be split into shards)."""
     import json
 
     extra = json.loads(extra_json)
-    violations: list[Violation] = []
-    bad = total = 0
-    for row_number, row in iter_rows(path, FileFormat(file_format)):
-        total += 1
-        if isinstance(row, Violation):
-            bad += 1
-            violations.append(row)
-            continue
+
+    def to_example(row: dict, row_number: int) -> dict:
         row_violations: list[Violation] = []
         prompt = _preference_turns(row.get("prompt"), "prompt", "user", conversational, row_number, row_violations)
         if row_violations:
-            bad += 1
-            violations.extend(row_violations)
-            continue
-        yield {"prompt": prompt, **{key: _extra_cell(row.get(key)) for key in extra}}
-    if bad:
-        raise InvalidArgument(f"{bad} of {total} rows of {Path(path).name!r} cannot be used as prompts; "
-                              "fix the rows listed", violations[:_MAX_LOAD_VIOLATIONS])
+            raise InvalidArgument(f"row {row_number}: unusable prompt", row_violations)
+        return {"prompt": prompt, **{key: _extra_cell(row.get(key)) for key in extra}}
+
+    yield from _examples_reporting_every_bad_row(path, file_format, "as prompts", to_example)
 
 
 def load_prompt_dataset(path: str | Path, file_format: FileFormat, *, conversational: bool,
