@@ -69,11 +69,15 @@ def test_cli_train_follow_then_list_jobs_and_checkpoints(trainer_server, tiny_mo
     job_id = result.stdout.splitlines()[0].strip()
     checkpoint_id = re.search(r"^result checkpoint: (\S+)$", result.stdout, re.MULTILINE).group(1)
     assert re.search(r"step 3(/3)?\b", result.stdout), _explain(result)  # metrics lines (non-TTY: one per event)
+    assert "\x1b" not in result.stdout + result.stderr, _explain(result)  # a pipe gets plain text: no rich codes
 
     listed = lmforge(trainer_server, "jobs", "list")
     assert listed.returncode == 0, _explain(listed)
     assert any(line.startswith(job_id) and "SUCCEEDED" in line for line in listed.stdout.splitlines()), \
         _explain(listed)
+    assert listed.stdout.split("\n", 1)[0].split() == ["ID", "NAME", "STATE", "METHOD", "STEP", "LOSS", "CREATED",
+                                                      "RESULT"], _explain(listed)
+    assert "\x1b" not in listed.stdout, _explain(listed)
     only_running = lmforge(trainer_server, "jobs", "list", "--state", "running", "--json")
     assert only_running.returncode == 0 and job_id not in only_running.stdout, _explain(only_running)
 
@@ -84,6 +88,8 @@ def test_cli_train_follow_then_list_jobs_and_checkpoints(trainer_server, tiny_mo
 
     ckpts = lmforge(trainer_server, "checkpoints", "--job", job_id)
     assert ckpts.returncode == 0 and checkpoint_id in ckpts.stdout, _explain(ckpts)
+    final_rows = [line.split() for line in ckpts.stdout.splitlines() if line.startswith(checkpoint_id)]
+    assert len(final_rows) == 1 and job_id in final_rows[0] and "yes" in final_rows[0], _explain(ckpts)  # FINAL
     as_json = lmforge(trainer_server, "checkpoints", "--job", job_id, "--json")
     entries = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert entries and all(e["job_id"] == job_id for e in entries), _explain(as_json)

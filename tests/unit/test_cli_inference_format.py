@@ -15,6 +15,8 @@ import grpc
 import pytest
 
 from lmforge import InferenceClient, cli
+from lmforge.cli import console, inference_commands, parser
+from lmforge.cli import format as fmt
 from lmforge.client import (
     backend_name,
     build_generate_request,
@@ -72,15 +74,15 @@ def test_generate_request_chat_or_text():
 
 
 def test_cli_sampling_flags_map_to_sampling_params():
-    args = cli.build_parser().parse_args(
+    args = parser.build_parser().parse_args(
         ["chat", MODEL, "hi", "--temperature", "0", "--top-k", "0", "--max-new-tokens", "32", "--stop", "a",
          "--stop", "b", "--seed", "7"])
-    kwargs = cli.sampling_kwargs(args)
+    kwargs = inference_commands.sampling_kwargs(args)
     assert kwargs == {"temperature": 0.0, "top_k": 0, "max_new_tokens": 32, "stop": ["a", "b"], "seed": 7}
     params = build_sampling_params(**kwargs)
     assert params.HasField("temperature") and params.temperature == 0.0
     assert params.HasField("top_k") and not params.HasField("top_p")
-    assert cli.sampling_kwargs(cli.build_parser().parse_args(["chat", MODEL, "hi"])) == {}
+    assert inference_commands.sampling_kwargs(parser.build_parser().parse_args(["chat", MODEL, "hi"])) == {}
 
 
 def test_enum_names():
@@ -103,13 +105,13 @@ def test_enum_names():
 def test_inference_address_defaults(monkeypatch):
     monkeypatch.delenv("LMFORGE_INFERENCE_ADDRESS", raising=False)
     assert default_inference_address() == "127.0.0.1:50052"
-    assert cli.build_parser().parse_args(["models"]).inference_address == "127.0.0.1:50052"
+    assert parser.build_parser().parse_args(["models"]).inference_address == "127.0.0.1:50052"
     monkeypatch.setenv("LMFORGE_INFERENCE_ADDRESS", "gpu-box:9000")
     assert default_inference_address() == "gpu-box:9000"
-    assert cli.build_parser().parse_args(["models"]).inference_address == "gpu-box:9000"
-    args = cli.build_parser().parse_args(["chat", MODEL, "x", "--inference-address", "h:1", "--json"])
+    assert parser.build_parser().parse_args(["models"]).inference_address == "gpu-box:9000"
+    args = parser.build_parser().parse_args(["chat", MODEL, "x", "--inference-address", "h:1", "--json"])
     assert (args.inference_address, args.json, args.service) == ("h:1", True, "inference")
-    args = cli.build_parser().parse_args(["--inference-address", "h:2", "tokens", MODEL, "x"])
+    args = parser.build_parser().parse_args(["--inference-address", "h:2", "tokens", MODEL, "x"])
     assert args.inference_address == "h:2"
 
 
@@ -123,29 +125,48 @@ def _finished(reason=inference_pb2.FINISH_REASON_EOS, tokens=42, tps=12.34, ttft
 
 
 def test_generation_stats_line():
-    assert cli.format_generation_stats(_finished()) == "[finish: eos · 42 tokens · 12.3 tok/s · ttft 85 ms]"
-    assert (cli.format_generation_stats(_finished(inference_pb2.FINISH_REASON_LENGTH, 1, 0, 1530))
+    assert fmt.format_generation_stats(_finished()) == "[finish: eos · 42 tokens · 12.3 tok/s · ttft 85 ms]"
+    assert (fmt.format_generation_stats(_finished(inference_pb2.FINISH_REASON_LENGTH, 1, 0, 1530))
             == "[finish: length · 1 token · ttft 1.53 s]")
-    assert cli.format_generation_stats(None).startswith("[finish: -")
-    assert cli.dim("x", True) == "\x1b[2mx\x1b[0m" and cli.dim("x", False) == "x"
+    assert fmt.format_generation_stats(None).startswith("[finish: -")
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_notes_are_faint_on_a_colour_terminal_only(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    line = "[finish: eos · 42 tokens] 二加二"  # brackets are not rich markup, Chinese is kept
+    tty = FakeTTY()
+    console.print_note(tty, line)
+    assert tty.getvalue() == f"\x1b[2m{line}\x1b[0m\n"
+    pipe = io.StringIO()
+    console.print_note(pipe, line)
+    assert pipe.getvalue() == line + "\n"
+    monkeypatch.setenv("NO_COLOR", "1")
+    tty = FakeTTY()
+    console.print_note(tty, line)
+    assert tty.getvalue() == line + "\n"
 
 
 def test_choice_collector_and_choice_blocks():
-    collector = cli.ChoiceCollector()
+    collector = inference_commands.ChoiceCollector()
     for index, delta in [(0, "Hel"), (1, "Bon"), (0, "lo"), (1, "jour")]:
         collector.add(inference_pb2.GenerateResponse(index=index, text_delta=delta))
     collector.add(inference_pb2.GenerateResponse(index=1, finished=_finished(text="Bonjour")))
     assert collector.indices() == [0, 1]
     assert collector.text(0) == "Hello" and collector.text(1) == "Bonjour"
     assert 1 in collector.finished and 0 not in collector.finished
-    assert cli.format_choices(collector) == "--- choice 0 ---\nHello\n--- choice 1 ---\nBonjour"
+    assert inference_commands.format_choices(collector) == "--- choice 0 ---\nHello\n--- choice 1 ---\nBonjour"
 
 
 def test_chat_messages():
-    assert cli.chat_messages([("user", "hi"), ("assistant", "yo")], "sys") == [
+    assert inference_commands.chat_messages([("user", "hi"), ("assistant", "yo")], "sys") == [
         {"role": "system", "content": "sys"}, {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "yo"}]
-    assert cli.chat_messages([("user", "hi")]) == [{"role": "user", "content": "hi"}]
+    assert inference_commands.chat_messages([("user", "hi")]) == [{"role": "user", "content": "hi"}]
 
 
 def _models_response():
@@ -167,7 +188,7 @@ def _models_response():
 
 
 def test_model_rows_and_table():
-    rows = cli.model_rows(_models_response())
+    rows = fmt.model_rows(_models_response())
     assert rows == [
         ["base", "base", "-", "yes", "transformers", "nf4", "300", "ad-1"],
         ["ft-1", "full", "base", "no", "-", "-", "-", "-"],
@@ -175,7 +196,7 @@ def test_model_rows_and_table():
         ["ad-2", "adapter", "base", "no", "-", "-", "-", "-"],
         ["hub-only", "-", "-", "yes", "vllm", "none", "1,536", "-"],
     ]
-    table = cli.format_table(cli.MODELS_HEADERS, rows).splitlines()
+    table = console.format_table(fmt.MODELS_HEADERS, rows).splitlines()
     assert table[0].split() == ["ID", "KIND", "BASE", "MODEL", "LOADED", "BACKEND", "QUANT", "MEMORY", "MiB",
                                 "ADAPTERS"]
     assert len(table) == 6
@@ -186,26 +207,26 @@ def test_format_loaded_model():
         model_id="base", backend=inference_pb2.BACKEND_TRANSFORMERS, dtype="bfloat16", device="cuda:0",
         quantization=common_pb2.QuantizationSpec(type=common_pb2.QUANTIZATION_NF4, double_quant=True),
         memory_bytes=246 << 20, context_length=8192, load_seconds=3.21)
-    assert cli.format_loaded_model(m) == \
+    assert fmt.format_loaded_model(m) == \
         "loaded base: transformers, nf4+dq, bfloat16 on cuda:0, 246 MiB, context 8192, 3.2 s"
 
 
 def test_quote_piece_and_token_lines():
-    assert cli.quote_piece(" world") == "' world'"
-    assert cli.quote_piece("a\nb\t'\\") == "'a\\nb\\t\\'\\\\'"
-    assert cli.quote_piece("\x00é\ufffd") == "'\\x00é\ufffd'"
+    assert fmt.quote_piece(" world") == "' world'"
+    assert fmt.quote_piece("a\nb\t'\\") == "'a\\nb\\t\\'\\\\'"
+    assert fmt.quote_piece("\x00é\ufffd") == "'\\x00é\ufffd'"
     response = inference_pb2.TokenizeResponse(token_ids=[19556, 905, 7], pieces=["Hello", " world", "\n"], count=3,
                                               chars_per_token=4.0, context_length=8192)
-    assert cli.token_lines(response) == [
+    assert fmt.token_lines(response) == [
         "3 tokens · 4.00 chars/token · context 8192",
         "19556  'Hello'",
         "  905  ' world'",
         "    7  '\\n'",
     ]
-    assert cli.token_lines(response, compact=True) == [
+    assert fmt.token_lines(response, compact=True) == [
         "3 tokens · 4.00 chars/token · context 8192", "'Hello' ' world' '\\n'"]
     one = inference_pb2.TokenizeResponse(token_ids=[1], pieces=["a"], count=1, chars_per_token=1.0)
-    assert cli.format_token_summary(one) == "1 token · 1.00 chars/token"
+    assert fmt.format_token_summary(one) == "1 token · 1.00 chars/token"
 
 
 # --------------------------------------------------------------------------- commands on a fake client
@@ -284,14 +305,15 @@ class FakeRpcError(grpc.RpcError):
 
 
 def _chat_args(*extra):
-    return cli.build_parser().parse_args(["chat", MODEL, *extra])
+    return parser.build_parser().parse_args(["chat", MODEL, *extra])
 
 
 def test_run_generation_streams_deltas_then_stats_and_cancels_call():
     client = FakeInferenceClient([FakeCall(_stream(["Hel", "lo", "!"]))])
     out, err = io.StringIO(), io.StringIO()
     args = _chat_args("hi", "--temperature", "0", "--adapter", "ad-1")
-    collector = cli.run_generation(client, args, messages=[{"role": "user", "content": "hi"}], out=out, err=err)
+    collector = inference_commands.run_generation(client, args, messages=[{"role": "user", "content": "hi"}], out=out,
+                                                  err=err)
     assert out.getvalue() == "Hello!\n"
     assert err.getvalue() == "[finish: eos · 42 tokens · 12.3 tok/s · ttft 85 ms]\n"  # not a TTY: no escapes
     assert collector.text(0) == "Hello!"
@@ -302,16 +324,25 @@ def test_run_generation_streams_deltas_then_stats_and_cancels_call():
 def test_run_generation_n_choices_printed_under_headers():
     client = FakeInferenceClient([FakeCall(_stream(["a", "b"], ["c"]))])
     out, err = io.StringIO(), io.StringIO()
-    cli.run_generation(client, _chat_args("x", "--n", "2"), text="x", out=out, err=err)
+    inference_commands.run_generation(client, _chat_args("x", "--n", "2"), text="x", out=out, err=err)
     assert out.getvalue() == "--- choice 0 ---\nab\n--- choice 1 ---\nc\n"
     assert err.getvalue().count("[finish: eos") == 2
     assert client.calls[0]["n"] == 2 and client.calls[0]["text"] == "x"
 
 
+def test_run_generation_stats_are_faint_on_a_colour_terminal(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    client = FakeInferenceClient([FakeCall(_stream(["你", "好"]))])
+    out, err = io.StringIO(), FakeTTY()
+    inference_commands.run_generation(client, _chat_args("x"), text="x", out=out, err=err)
+    assert out.getvalue() == "你好\n"  # the reply itself is never styled
+    assert err.getvalue() == "\x1b[2m[finish: eos · 42 tokens · 12.3 tok/s · ttft 85 ms]\x1b[0m\n"
+
+
 def test_run_generation_json_lines():
     client = FakeInferenceClient([FakeCall(_stream(["a"]))])
     out, err = io.StringIO(), io.StringIO()
-    cli.run_generation(client, _chat_args("x", "--json"), text="x", out=out, err=err)
+    inference_commands.run_generation(client, _chat_args("x", "--json"), text="x", out=out, err=err)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and '"text_delta": "a"' in lines[0] and '"finished"' in lines[1]
     assert err.getvalue() == ""
@@ -321,7 +352,7 @@ def test_ctrl_c_mid_stream_cancels_the_call():
     call = FakeCall(_stream(["a", "b", "c"]), interrupt_after=1)
     client = FakeInferenceClient([call])
     with pytest.raises(KeyboardInterrupt):
-        cli.run_generation(client, _chat_args("x"), text="x", out=io.StringIO(), err=io.StringIO())
+        inference_commands.run_generation(client, _chat_args("x"), text="x", out=io.StringIO(), err=io.StringIO())
     assert call.cancelled
 
 
@@ -335,7 +366,7 @@ def test_repl_keeps_history_resets_and_drops_a_cancelled_turn():
     lines = iter(["hello", "", "tell me a story", "capital of France?", "/reset", "again", "/exit", "never"])
     out, err = io.StringIO(), io.StringIO()
     args = _chat_args("--system", "be brief")
-    assert cli.chat_repl(client, args, out=out, err=err, read_line=lambda prompt: next(lines)) == 0
+    assert inference_commands.chat_repl(client, args, out=out, err=err, read_line=lambda prompt: next(lines)) == 0
     msgs = [[(m["role"], m["content"]) for m in c["messages"]] for c in client.calls]
     assert msgs[0] == [("system", "be brief"), ("user", "hello")]
     assert msgs[1] == [("system", "be brief"), ("user", "hello"), ("assistant", "Hi there"),
@@ -367,7 +398,7 @@ def test_repl_survives_rpc_errors_and_ends_on_eof():
 
     client = FailingClient()
     err = io.StringIO()
-    assert cli.chat_repl(client, _chat_args(), out=io.StringIO(), err=err, read_line=read_line) == 0
+    assert inference_commands.chat_repl(client, _chat_args(), out=io.StringIO(), err=err, read_line=read_line) == 0
     assert "error: FAILED_PRECONDITION: model not loaded" in err.getvalue()
     assert [m["content"] for m in client.calls[1]["messages"]] == ["second"]  # the failed turn was dropped
 
@@ -435,7 +466,7 @@ class FakeAdminClient:
 
 
 def _run(client, argv):
-    args = cli.build_parser().parse_args(argv)
+    args = parser.build_parser().parse_args(argv)
     assert args.service == "inference"
     return args.func(client, args)
 

@@ -40,6 +40,8 @@ def test_client_package_declares_no_heavy_dependency():
         deps += extra
     names = [d.lower() for d in deps]
     assert not [d for d in names if any(h in d for h in ("torch", "transformers"))], names
+    # what the client and the CLI import (tables, progress and colours: rich) is declared
+    assert {"grpcio", "protobuf", "pyyaml", "rich"} <= {d.split(">")[0].split("=")[0].strip() for d in names}, names
     assert project["scripts"]["lmforge"] == "lmforge.cli:main"
 
 
