@@ -18,20 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness  # bench/harness.py: base model, servers, JSON
+
+ROOT = harness.REPO
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
-
-
-def default_store() -> Path:
-    return Path(os.environ.get("LMFORGE_STORE", Path(os.environ.get("LMFORGE_HOME", ROOT / ".lmforge")) / "store"))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,10 +61,10 @@ def rss():
             return int(line.split()[1]) * 1024
 import torch, transformers, bitsandbytes, peft  # libraries first, so only the model is measured
 from services.common.store import CheckpointStore
-from services.inference.backends.base import LoadOptions, QuantizationConfig
-from services.inference.registry import default_backend_factory
-from services.inference.backends.base import GenerationRequest
-from services.inference.sampling import SamplingConfig
+from services.engine.backends.base import LoadOptions, QuantizationConfig
+from services.engine.backends import load_backend as default_backend_factory
+from services.engine.backends.base import GenerationRequest
+from services.engine.sampling import SamplingConfig
 before = rss()
 backend = default_backend_factory('transformers', CheckpointStore({str(store)!r}).path_of({model_id!r}),
                                   LoadOptions(quantization=QuantizationConfig(type={quantization!r}), dtype={dtype!r}))
@@ -121,7 +117,7 @@ def grpc_once(client, model_id: str, new_tokens: int) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, default=default_store())
+    parser.add_argument("--store", type=Path, default=harness.default_store())
     parser.add_argument("--model-id", default="smollm2-135m-instruct")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -131,7 +127,12 @@ def main() -> int:
     parser.add_argument("--memory-only", action="store_true", help="only the memory part")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inference_throughput.json")
     args = parser.parse_args()
+    with harness.scratch_dir("lmforge-inference-bench-") as tmp:
+        args.store = harness.ensure_base(args.store, args.model_id, tmp)
+        return measure(args)
 
+
+def measure(args: argparse.Namespace) -> int:
     if args.memory_only:
         memory = {q: rss_of_load(args.store, args.model_id, q, "float32") for q in ("none", "int8", "nf4")}
         for q, m in memory.items():
@@ -143,13 +144,9 @@ def main() -> int:
     from lmforge.client import InferenceClient
 
     raw = RawTransformers(args.store / "models" / args.model_id, args.dtype)
-    server = subprocess.Popen([sys.executable, "-m", "services.inference.server", "--port", "0", "--store",
-                               str(args.store), "--no-auto-load"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    address = re.search(r"listening on (\S+)", server.stdout.readline()).group(1)
     result: dict = {"model": args.model_id, "dtype": args.dtype, "new_tokens": args.new_tokens,
                     "cpus": os.cpu_count()}
-    try:
+    with harness.inference_server(args.store) as address:
         with InferenceClient(address, timeout=600) as client:
             client.load_model(args.model_id, dtype=args.dtype)
             raw.run(8), grpc_once(client, args.model_id, 8)  # warm-up both
@@ -159,9 +156,6 @@ def main() -> int:
                 grpc_tps.append(grpc_once(client, args.model_id, args.new_tokens)[0])
             ttft = [grpc_once(client, args.model_id, 1)[1] for _ in range(args.ttft_requests)]
             client.unload_model(args.model_id)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     bandwidth = copy_bandwidth_gbs()
     result["single_stream"] = {
         "raw_tokens_per_second": statistics.median(raw_tps), "grpc_tokens_per_second": statistics.median(grpc_tps),
@@ -189,8 +183,7 @@ def main() -> int:
     for q, m in result.get("memory", {}).items():
         print(f"  memory {q:5}  RSS +{m['rss_bytes'] / 2**20:6.0f} MiB (x{m['rss_ratio_to_none']:.2f})  weights "
               f"{m['footprint_bytes'] / 2**20:6.0f} MiB (x{m['footprint_ratio_to_none']:.2f})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    harness.write_result(args.out, result)
     return 0
 
 

