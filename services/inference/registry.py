@@ -10,36 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.logging import get_logger
 from services.common.store import CheckpointStore, EntryKind
-from services.inference.backends.base import Backend, LoadOptions
+from services.engine.backends import BACKENDS, BackendFactory, load_backend
+from services.engine.backends.base import Backend, LoadOptions
 
 log = get_logger(__name__)
-
-BackendFactory = Callable[[str, Path, LoadOptions], Backend]
-BACKENDS = ("transformers", "vllm")
-
-
-def default_backend_factory(kind: str, model_dir: Path, options: LoadOptions) -> Backend:
-    """Import a backend only when it is used (each pulls in torch, and vLLM much more)."""
-    if kind == "transformers":
-        from services.inference.backends.transformers_backend import TransformersBackend
-
-        return TransformersBackend(model_dir, options)
-    if kind == "vllm":
-        try:
-            from services.inference.backends.vllm_backend import VllmBackend
-        except ImportError as exc:  # pragma: no cover - depends on the machine
-            raise FailedPrecondition(f"backend: vLLM is not available on this server ({exc}); "
-                                     "use the transformers backend") from exc
-        return VllmBackend(model_dir, options)
-    raise InvalidArgument(f"backend: unknown backend {kind!r}; use one of {', '.join(BACKENDS)}")
 
 
 @dataclass
@@ -54,7 +35,7 @@ class LoadedModel:
 
 
 class ModelRegistry:
-    def __init__(self, store: CheckpointStore, *, backend_factory: BackendFactory = default_backend_factory,
+    def __init__(self, store: CheckpointStore, *, backend_factory: BackendFactory = load_backend,
                  max_requests_per_model: int = 64, auto_load: bool = True,
                  default_options: LoadOptions | None = None):
         self.store = store

@@ -19,7 +19,7 @@ from lmforge.v1 import inference_pb2, inference_pb2_grpc
 from services.common.grpc_server import ServerHandle, start_server, wait_for_shutdown_signal
 from services.common.logging import configure_logging, get_logger
 from services.common.store import CheckpointStore
-from services.inference.backends.base import LoadOptions, QuantizationConfig
+from services.engine.backends.base import LoadOptions, QuantizationConfig
 from services.inference.registry import ModelRegistry
 from services.inference.servicer import InferenceServicer
 

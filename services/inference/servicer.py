@@ -11,10 +11,10 @@ import time
 from lmforge.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import translate_errors
-from services.inference import generation
-from services.inference.backends.base import LoadOptions, QuantizationConfig
+from services.engine.backends.base import LoadOptions, QuantizationConfig
+from services.engine.sampling import checked_sampling
+from services.inference import serving
 from services.inference.registry import LoadedModel, ModelRegistry
-from services.inference.sampling import checked_sampling
 from services.common.convert import manifest_to_proto
 
 _QUANTIZATION = {common_pb2.QUANTIZATION_TYPE_UNSPECIFIED: "none", common_pb2.QUANTIZATION_NONE: "none",
@@ -83,12 +83,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         which = request.WhichOneof("input")
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        stream = generation.generate(
+        stream = serving.generate(
             self.registry, request.model_id, adapter_id=request.adapter_id, sampling=sampling,
             messages=messages_from_proto(request.chat) if which == "chat" else None,
             text=request.text if which == "text" else None, is_active=context.is_active, deadline=deadline)
         for item in stream:
-            if isinstance(item, generation.Delta):
+            if isinstance(item, serving.Delta):
                 yield inference_pb2.GenerateResponse(index=item.index, text_delta=item.text, token_ids=item.token_ids)
             else:
                 yield inference_pb2.GenerateResponse(index=item.index, finished=inference_pb2.GenerationFinished(
@@ -104,12 +104,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         tokenizer = self.registry.tokenizer(request.model_id)
         which = request.WhichOneof("input")
         add_prompt = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
-        ids, text = generation.render_prompt(tokenizer, messages_from_proto(request.chat) if which == "chat" else None,
+        ids, text = serving.render_prompt(tokenizer, messages_from_proto(request.chat) if which == "chat" else None,
                                              request.text if which == "text" else None, add_prompt)
         return inference_pb2.TokenizeResponse(
             token_ids=ids, pieces=[tokenizer.decode([i]) for i in ids], count=len(ids),
             chars_per_token=len(text) / len(ids) if ids else 0.0,
-            context_length=generation.model_context_length(self.registry, request.model_id))
+            context_length=serving.model_context_length(self.registry, request.model_id))
 
     @translate_errors
     def ListModels(self, request, context):

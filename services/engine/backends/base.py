@@ -1,8 +1,8 @@
-"""The backend interface: everything the inference service needs from an engine, at the token level.
+"""The backend interface: everything the engine needs from a model runtime, at the token level.
 
-The servicer and the generation layer (services/inference/generation.py) know only this interface;
-the transformers+bitsandbytes and vLLM backends implement it. Text is not a backend's concern: the
-generation layer detokenizes incrementally (exact UTF-8), matches stop sequences and times requests,
+The generation layer (services/engine/generation.py, batch.py) and the inference service know only this
+interface; the transformers+bitsandbytes and vLLM backends implement it. Text is not a backend's concern:
+the generation layer detokenizes incrementally (exact UTF-8), matches stop sequences and times requests,
 the same way for every backend.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.inference.sampling import SamplingConfig
+from services.engine.sampling import SamplingConfig
 
 
 @dataclass
@@ -81,3 +81,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop background threads/processes and free memory. Requests in flight end as "stopped"."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,7 +1,7 @@
 """The vLLM backend: one in-process vLLM engine per loaded model, shared by every request (continuous batching).
 
-    from services.inference.backends.base import LoadOptions
-    from services.inference.backends.vllm_backend import VllmBackend
+    from services.engine.backends.base import LoadOptions
+    from services.engine.backends.vllm_backend import VllmBackend
 
     backend = VllmBackend(store.path_of("smollm2-135m-instruct"), LoadOptions(dtype="float32"))
     for step in backend.generate(GenerationRequest("r1", prompt_ids, SamplingConfig(temperature=0))):
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.inference.backends.base import Backend, GenerationRequest, LoadOptions, TokenStep
-from services.inference.sampling import SamplingConfig
+from services.engine.backends.base import Backend, GenerationRequest, LoadOptions, TokenStep
+from services.engine.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,9 @@
     for step in backend.generate(GenerationRequest("r1", prompt_ids, SamplingConfig(temperature=0))):
         ...
 
+    with TransformersBackend.from_model(policy, tokenizer) as backend:  # a model already in memory
+        completions = generate_all(backend, prompts, SamplingConfig(temperature=1.0))  # services/engine/batch.py
+
 Design (why it looks like this):
 
 * One background thread owns the model. `generate` (called from any number of threads) puts the request
@@ -25,6 +28,10 @@ Design (why it looks like this):
 * Errors: a failing forward fails the requests in it (their iterator raises the exception); a failing
   sampling step fails its row only; the thread keeps serving.
 
+* `from_model` wraps a model someone else owns (RFT's policy being trained, Evaluate's model, peft-wrapped
+  or not): nothing is loaded, the model is in eval mode while the backend lives, and `close()` gives it
+  back in train mode if it was training. Loading from disk is transformers_loading.py.
+
 Raises (from `__init__`): InvalidArgument for bad load options, FailedPrecondition when the model or
 bitsandbytes cannot be loaded. `generate` raises InvalidArgument (empty / too long / out-of-vocabulary
 prompt), NotFound (unknown adapter), FailedPrecondition (backend closed), or the exception that broke the
@@ -44,37 +51,14 @@ from pathlib import Path
 
 import torch
 
-from services.common.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Violation,
-)
-from services.inference.backends.base import Backend, GenerationRequest, LoadOptions, TokenStep
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from services.engine.backends.base import Backend, GenerationRequest, LoadOptions, TokenStep
+from services.engine.backends.transformers_loading import invalid as _invalid
+from services.engine.backends.transformers_loading import load_pretrained
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
-_QUANT_TYPES = ("none", "int8", "nf4", "fp4")
 _BASE = "__base__"  # peft's name for "no adapter" in mixed-adapter batches
-
-
-def _invalid(field_name: str, reason: str, hint: str = "") -> InvalidArgument:
-    return InvalidArgument(f"{field_name}: {reason}" + (f" ({hint})" if hint else ""),
-                           [Violation(0, field_name, reason, hint)])
-
-
-def _dtype_of(name: str, field_name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise _invalid(field_name, f"unknown dtype {name!r}", "use float32, bfloat16 or float16") from None
 
 
 @dataclass(eq=False)
@@ -110,11 +94,38 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_dir: Path, options: LoadOptions | None = None):
-        self.options = options or LoadOptions()
-        if self.options.max_batch_size < 1:
-            raise _invalid("max_batch_size", f"{self.options.max_batch_size} is not positive", "use 1 or more")
-        self.model_dir = Path(model_dir)
-        self._load(self.model_dir, self.options)
+        options = self._checked(options)
+        model, tokenizer, quantization = load_pretrained(Path(model_dir), options)
+        self._start(model, tokenizer, options, Path(model_dir), quantization, owned=True)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, options: LoadOptions | None = None) -> TransformersBackend:
+        """A backend over a model already in memory (a transformers model or a peft model around one), on
+        whatever device it is. Nothing is loaded or copied; the model is switched to eval mode until
+        `close()`, which puts it back in train mode if it was training and leaves it (and the tokenizer,
+        never modified) to its owner. Adapters cannot be loaded on such a backend."""
+        backend = cls.__new__(cls)
+        options = cls._checked(options)
+        quantization = str(getattr(model, "quantization_method", "") or "none") \
+            if getattr(model, "is_quantized", False) else "none"
+        name = Path(str(getattr(model.config, "_name_or_path", "") or "in-memory"))
+        backend._start(model, tokenizer, options, name, quantization, owned=False)
+        return backend
+
+    @staticmethod
+    def _checked(options: LoadOptions | None) -> LoadOptions:
+        options = options or LoadOptions()
+        if options.max_batch_size < 1:
+            raise _invalid("max_batch_size", f"{options.max_batch_size} is not positive", "use 1 or more")
+        return options
+
+    def _start(self, model, tokenizer, options: LoadOptions, model_dir: Path, quantization: str, owned: bool):
+        self.options = options
+        self.model_dir = model_dir
+        self._owned = owned
+        self._was_training = bool(model.training)
+        model.eval()
+        self._adopt(model, tokenizer, quantization)
 
         self._adapters: dict[str, Path] = {}
         # Held by the decode thread for a whole iteration; adapter changes take it too, so the model never
@@ -134,81 +145,37 @@ class TransformersBackend(Backend):
                                         daemon=True)
         self._thread.start()
 
-    # ------------------------------------------------------------------ loading
+    # ------------------------------------------------------------------ the model
 
-    def _load(self, model_dir: Path, options: LoadOptions) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def _adopt(self, model, tokenizer, quantization: str) -> None:
+        """Everything the decode loop needs to know about the model (read once)."""
+        import inspect
+
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
-        cuda = torch.cuda.is_available()
-        if options.dtype in ("", "auto"):
-            dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-        else:
-            dtype = _dtype_of(options.dtype, "dtype")
-            if dtype == torch.float16 and not cuda:
-                raise _invalid("dtype", "float16 is not supported on CPU", "use bfloat16 or float32")
-            if dtype == torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
-                raise _invalid("dtype", "this GPU does not support bfloat16", "use float16 or float32")
-
-        quant = options.quantization
-        qtype = (quant.type or "none").lower()
-        if qtype not in _QUANT_TYPES:
-            raise _invalid("quantization.type", f"unknown quantization {quant.type!r}",
-                           f"use one of {', '.join(_QUANT_TYPES)}")
-        kwargs: dict = {"dtype": dtype}
-        if qtype != "none":
-            try:
-                import bitsandbytes  # noqa: F401
-                from transformers import BitsAndBytesConfig
-            except ImportError as exc:
-                raise FailedPrecondition(f"{qtype} quantization needs bitsandbytes: pip install bitsandbytes "
-                                         f"({exc})") from exc
-            if qtype == "int8":
-                bnb = BitsAndBytesConfig(load_in_8bit=True)
-            else:
-                compute = _dtype_of(quant.compute_dtype, "quantization.compute_dtype") if quant.compute_dtype \
-                    else dtype
-                bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qtype,
-                                         bnb_4bit_use_double_quant=bool(quant.double_quant),
-                                         bnb_4bit_compute_dtype=compute)
-            kwargs["quantization_config"] = bnb
-            kwargs["device_map"] = {"": 0} if cuda else "cpu"
-        if not (model_dir / "config.json").is_file():
-            raise FailedPrecondition(f"{model_dir} holds no model (config.json is missing)")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-        except (OSError, ValueError, ImportError) as exc:
-            raise FailedPrecondition(f"cannot load the model in {model_dir}: {exc}") from exc
-        if qtype == "none":
-            model.to("cuda:0" if cuda else "cpu")
-        else:
-            _return_freed_memory()  # quantizing stages full-precision weights on the heap; give them back
-        model.eval()
-
+        self.tokenizer = tokenizer
         self._base_model = model  # the transformers model (peft injects LoRA layers into it in place)
         self.model = model  # what forward passes go through: the base model or a PeftModel around it
         self._config = model.config
         self.device = str(next(model.parameters()).device)
         self.dtype = str(model.dtype).removeprefix("torch.")
-        self.quantization = qtype
+        self.quantization = quantization
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_id = pad if pad is not None else 0  # padding is masked: any id will do
 
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
+        # What ends an answer: the model's generation EOS (one or several) and the tokenizer's EOS.
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos]))
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(self.tokenizer.eos_token_id)
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(int(t) for t in eos_ids)
 
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.context_length = int(getattr(text_config, "max_position_embeddings", 0) or 2048)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
 
-        import inspect
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft passes kwargs on
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(inner.forward).parameters
         probe = DynamicCache(config=model.config)
         # Only caches made of plain growing layers can be left-padded and concatenated (continuous batching).
         self._mergeable = bool(probe.layers) and all(type(layer) is DynamicLayer for layer in probe.layers)
@@ -221,6 +188,9 @@ class TransformersBackend(Backend):
     def load_adapter(self, adapter_id: str, path: Path) -> None:
         from peft import PeftModel
 
+        if not self._owned:
+            raise FailedPrecondition("this backend serves a model it does not own (from_model); adapters cannot "
+                                     "be loaded on it")
         path = Path(path)
         config_file = path / "adapter_config.json"
         if not config_file.is_file():
@@ -332,6 +302,11 @@ class TransformersBackend(Backend):
             logger.warning("the decode thread of %s did not stop within 60 s", self.model_dir)
             return
         self._cache = self._mask = None
+        if not self._owned:
+            if self._was_training:
+                self.model.train()
+            self.model = self._base_model = None
+            return
         self.model = self._base_model = None
         import gc
         gc.collect()
@@ -341,7 +316,9 @@ class TransformersBackend(Backend):
     # ------------------------------------------------------------------ the decode thread
 
     def _run(self) -> None:
-        with torch.inference_mode():
+        # A model we do not own trains again after us: buffers a forward may cache (e.g. dynamic RoPE) must not
+        # become inference tensors, which autograd later refuses. no_grad is enough there.
+        with torch.inference_mode() if self._owned else torch.no_grad():
             while True:
                 with self._cv:
                     while not self._closed and not self._waiting and not self._rows:
@@ -577,14 +554,3 @@ class TransformersBackend(Backend):
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=slot.generator)[0, 0])
 
-
-def _return_freed_memory() -> None:
-    """Ask glibc to hand freed heap pages back to the OS (measured: -30% RSS after an INT8 load on CPU)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass

@@ -1,7 +1,7 @@
 """The transformers backend on CPU with tiny random models: exact greedy decoding, seeded sampling,
 continuous batching in shared forward passes, cancellation, errors, LoRA adapters and INT8/NF4 loading.
 
-    .venv/bin/python -m pytest tests/unit/test_transformers_backend.py -q -p no:cacheprovider
+    .venv/bin/python -m pytest tests/integration/test_transformers_backend.py -q -p no:cacheprovider
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch")
 from services.common.errors import InvalidArgument, NotFound  # noqa: E402
 from services.common.model_import import create_tiny_model  # noqa: E402
 from services.common.store import CheckpointStore  # noqa: E402
-from services.inference.backends.base import GenerationRequest, LoadOptions, QuantizationConfig  # noqa: E402
-from services.inference.backends.transformers_backend import TransformersBackend, _Slot  # noqa: E402
-from services.inference.sampling import SamplingConfig  # noqa: E402
+from services.engine.backends.base import GenerationRequest, LoadOptions, QuantizationConfig  # noqa: E402
+from services.engine.backends.transformers_backend import TransformersBackend, _Slot  # noqa: E402
+from services.engine.sampling import SamplingConfig  # noqa: E402
 
 CORPUS = [Path(__file__).resolve().parents[2] / "examples" / "data" / "sft_demo.jsonl"]
 QUESTIONS = ["Hello, how are you?", "Write a short poem about the sea.", "What is 2 + 2?", "把这句话翻译成英文：你好，世界。"]

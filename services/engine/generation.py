@@ -1,9 +1,16 @@
-"""From a request to streamed text: prompt rendering, context checks, n choices, deltas, stop sequences,
-finish reasons and timings, identical for every backend (they only produce token ids)."""
+"""From a prompt to streamed text: prompt rendering, context checks, n choices, deltas, stop sequences,
+finish reasons and timings, identical for every backend (they only produce token ids).
+
+    ids, _ = render_prompt(backend.tokenizer, [{"role": "user", "content": "Hi"}], None)
+    for item in stream(backend, ids, SamplingConfig(temperature=0, max_new_tokens=16)):
+        ...  # Delta(index, text, token_ids) ..., then Finished(index, reason, ..., text)
+
+Model-independent: the inference service resolves a model id to a backend (its registry) and then
+streams through here; offline generation goes through batch.py, which runs the same Choice.
+"""
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -12,10 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, Violation
-from services.inference.backends.base import GenerationRequest
-from services.inference.registry import ModelRegistry
-from services.inference.sampling import SamplingConfig
-from services.inference.textstream import IncrementalDetokenizer, StopMatcher
+from services.engine.backends.base import Backend, GenerationRequest
+from services.engine.sampling import SamplingConfig
+from services.engine.textstream import IncrementalDetokenizer, StopMatcher
 
 ROLES = ("system", "user", "assistant")
 
@@ -66,50 +72,53 @@ def render_prompt(tokenizer, messages: list[dict] | None, text: str | None,
     return tokenizer(text)["input_ids"], text
 
 
-def model_context_length(registry: ModelRegistry, model_id: str) -> int:
-    config = json.loads((registry.store.path_of(model_id) / "config.json").read_text())
-    return int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
-
-
-def generate(registry: ModelRegistry, model_id: str, *, messages: list[dict] | None, text: str | None,
-             adapter_id: str, sampling: SamplingConfig, is_active: Callable[[], bool] = lambda: True,
-             deadline: float | None = None) -> Iterator[Delta | Finished]:
-    """Stream one request's choices. Raises NOT_FOUND / FAILED_PRECONDITION / INVALID_ARGUMENT /
-    RESOURCE_EXHAUSTED before the first item; afterwards every choice ends with a Finished."""
-    arrived = time.monotonic()
-    loaded = registry.get(model_id)
-    if adapter_id:
-        registry.ensure_adapter(model_id, adapter_id)
-    backend = loaded.backend
-    prompt_ids, _ = render_prompt(backend.tokenizer, messages, text)
+def check_room(backend: Backend, prompt_ids: list[int], name: str = "the model", row: int = 0) -> int:
+    """Tokens left in the context after the prompt; InvalidArgument (naming the counts) when none are."""
     room = backend.context_length - len(prompt_ids)
     if room <= 0:
         raise InvalidArgument(
-            f"input: the prompt is {len(prompt_ids)} tokens and {model_id} has a context of "
+            f"input: the prompt is {len(prompt_ids)} tokens and {name} has a context of "
             f"{backend.context_length}; shorten it by at least {1 - room} tokens",
-            [Violation(0, "input", f"{len(prompt_ids)} prompt tokens >= context length {backend.context_length}",
+            [Violation(row, "input", f"{len(prompt_ids)} prompt tokens >= context length {backend.context_length}",
                        "shorten the prompt or the conversation")])
-    with registry.admit(loaded, sampling.n):
-        choices = [_Choice(index, backend, prompt_ids, sampling.for_choice(index), adapter_id or None, arrived,
-                           is_active, deadline, room) for index in range(sampling.n)]
-        if len(choices) == 1:
-            yield from choices[0].run()
-            return
-        merged: queue.Queue = queue.Queue()
-        for choice in choices:
-            threading.Thread(target=choice.run_into, args=(merged,), daemon=True,
-                             name=f"choice-{choice.index}").start()
-        remaining = len(choices)
-        while remaining:
-            item = merged.get()
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, Finished):
-                remaining -= 1
-            yield item
+    return room
 
 
-class _Choice:
+def stream(backend: Backend, prompt_ids: list[int], sampling: SamplingConfig, *, adapter_id: str | None = None,
+           is_active: Callable[[], bool] = lambda: True, deadline: float | None = None,
+           arrived: float | None = None, name: str = "the model") -> Iterator[Delta | Finished]:
+    """Stream the `sampling.n` choices of one prompt on a backend: Delta items, then one Finished per choice
+    (choices run concurrently, so the backend batches them). Raises InvalidArgument before the first item
+    when the prompt fills the context (`name` is the model named in the message); afterwards the backend's
+    errors (NotFound for an unknown adapter...) come out of the iterator."""
+    arrived = time.monotonic() if arrived is None else arrived
+    room = check_room(backend, prompt_ids, name)
+    choices = [Choice(index, backend, prompt_ids, sampling.for_choice(index), adapter_id or None, arrived,
+                      is_active, deadline, room) for index in range(sampling.n)]
+    if len(choices) == 1:
+        yield from choices[0].run()
+        return
+    merged: queue.Queue = queue.Queue()
+    for choice in choices:
+        threading.Thread(target=choice.run_into, args=(merged,), daemon=True,
+                         name=f"choice-{choice.index}").start()
+    remaining = len(choices)
+    while remaining:
+        item = merged.get()
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, Finished):
+            remaining -= 1
+        yield item
+
+
+class Choice:
+    """One sequence of one request: its backend request, detokenizer and stop matcher.
+
+    `run()` yields Delta items and ends with one Finished; the deltas are exact UTF-8 text and never
+    contain any part of a stop sequence. It ends within one decoding step of `is_active()` turning False,
+    the deadline passing or a stop sequence matching."""
+
     def __init__(self, index, backend, prompt_ids, sampling: SamplingConfig, adapter_id, arrived, is_active,
                  deadline, room):
         self.index = index
