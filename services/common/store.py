@@ -64,6 +64,9 @@ class Manifest:
     metrics: dict[str, float] = field(default_factory=dict)
     dtype: str = ""
     has_tokenizer: bool = False
+    # Whether its tokenizer defines a chat template (None in manifests written before this was recorded:
+    # `CheckpointStore.get` then reads it from the files).
+    has_chat_template: bool | None = None
     architecture: str = ""
     is_final: bool = False
     created_at: float = 0.0
@@ -146,7 +149,16 @@ class CheckpointStore:
         return True
 
     def get(self, entry_id: str, field_name: str = "id") -> Manifest:
-        return Manifest.from_json((self.path_of(entry_id, field_name) / MANIFEST).read_text())
+        path = self.path_of(entry_id, field_name)
+        manifest = Manifest.from_json((path / MANIFEST).read_text())
+        if manifest.has_chat_template is None:
+            manifest.has_chat_template = has_chat_template(path)
+        return manifest
+
+    @staticmethod
+    def job_checkpoint_id(job_id: str, step: int, *, is_final: bool) -> str:
+        """The id of a checkpoint a job saves: `JOB-final` for its result, `JOB-step-N` before."""
+        return f"{job_id}-final" if is_final else f"{job_id}-step-{step}"
 
     def list(self, *, kind: EntryKind | None = None, job_id: str = "", base_model_id: str = "") -> list[Manifest]:
         """Entries matching every given filter, oldest first."""
@@ -185,6 +197,7 @@ class CheckpointStore:
             manifest.created_at = manifest.created_at or time.time()
             manifest.size_bytes = _dir_size(tmp)
             manifest.has_tokenizer = manifest.has_tokenizer or (tmp / "tokenizer_config.json").is_file()
+            manifest.has_chat_template = has_chat_template(tmp)
             (tmp / MANIFEST).write_text(manifest.to_json())
             _fsync_tree(tmp)
             try:
@@ -231,6 +244,18 @@ class CheckpointStore:
             tmp.write_text(manifest.to_json())
             os.replace(tmp, path / MANIFEST)
         return manifest
+
+
+def has_chat_template(model_dir: Path) -> bool:
+    """Whether the tokenizer saved in `model_dir` defines a chat template (its own file, as transformers
+    writes it now, or the `chat_template` key of tokenizer_config.json, as it did before)."""
+    if (model_dir / "chat_template.jinja").is_file() or (model_dir / "chat_template.json").is_file():
+        return True
+    config = model_dir / "tokenizer_config.json"
+    try:
+        return bool(config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError):
+        return False
 
 
 def _fsync_tree(root: Path) -> None:

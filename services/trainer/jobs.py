@@ -32,7 +32,7 @@ from pathlib import Path
 
 from services.common.errors import FailedPrecondition, LmforgeError, NotFound
 from services.common.logging import get_logger
-from services.trainer.data import DatasetFormat, FileFormat, validate_file
+from services.trainer import methods
 from services.trainer.jobdb import ErrorInfo, Event, Job, JobDB, JobState
 from services.trainer.spec import TrainingSpec
 from services.trainer.worker import EVENT_FD_ENV, EXIT_CANCELLED, EXIT_OK
@@ -235,13 +235,12 @@ class JobManager:
             job = self.get(job_id)
             if job.state is not JobState.VALIDATING:
                 return
-            spec = TrainingSpec.from_json(job.spec_json)
+            spec = methods.load_spec(job.spec_json)
             violations, messages = [], []
             for label, dataset in (("dataset", spec.dataset), ("eval_dataset", spec.eval_dataset)):
                 if dataset is None:
                     continue
-                result = validate_file(Path(dataset.path), FileFormat(dataset.file_format), spec.dataset_rules,
-                                       DatasetFormat(spec.dataset_format), required_columns=spec.required_columns())
+                result = methods.validate_dataset(spec, dataset)
                 dataset.format = result.format.value
                 if not result.ok:
                     messages.append(f"{label} {dataset.dataset_id}: {result.bad_rows} of {result.total_rows} rows "

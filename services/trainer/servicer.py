@@ -13,7 +13,7 @@ from services.common.convert import entry_kind_from_proto, manifest_to_proto
 from services.common.errors import InvalidArgument, Violation
 from services.common.grpc_server import translate_errors
 from services.common.store import CheckpointStore
-from services.trainer import convert
+from services.trainer import admission, convert, methods
 from services.trainer.data import validate_file
 from services.trainer.datasets import DatasetRegistry
 from services.trainer.jobs import JobManager
@@ -43,22 +43,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     @translate_errors
     def StartTraining(self, request, context):
-        if request.request_id:
-            existing = self.jobs.db.job_by_request_id(request.request_id)
-            if existing:
-                return convert.job_to_proto(existing)
-        spec = convert.spec_from_request(request, self.store, self.datasets, gpu=self.gpu)
-        job = self.jobs.submit(spec, request_id=request.request_id, display_name=request.display_name,
-                               request_blob=request.SerializeToString())
-        return convert.job_to_proto(job)
+        return self._submit(request, lambda: convert.spec_from_request(request, gpu=self.gpu))
 
     @translate_errors
     def Evaluate(self, request, context):
+        return self._submit(request, lambda: convert.evaluate_spec_from_request(request))
+
+    def _submit(self, request, make_spec) -> trainer_pb2.Job:
+        """A new job from a request (or the one an earlier call with its request_id made): converted,
+        admitted against the store and datasets, then handed to the job manager."""
         if request.request_id:
             existing = self.jobs.db.job_by_request_id(request.request_id)
             if existing:
                 return convert.job_to_proto(existing)
-        spec = convert.evaluate_spec_from_request(request, self.store, self.datasets)
+        spec = admission.admit(make_spec(), self.store, self.datasets)
         job = self.jobs.submit(spec, request_id=request.request_id, display_name=request.display_name,
                                request_blob=request.SerializeToString())
         return convert.job_to_proto(job)
@@ -121,7 +119,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     @translate_errors
     def ValidateDataset(self, request, context):
         stored = self.datasets.get(request.dataset_id)
-        result = validate_file(stored.path, stored.file_format, request.method or "sft",
+        method = request.method or "sft"
+        result = validate_file(stored.path, stored.file_format, methods.formats_for(method),
                                convert.dataset_format_from_proto(request.format),
-                               max_violations=request.max_violations or 1000)
+                               max_violations=request.max_violations or 1000, method=method)
         return convert.validation_to_proto(result)

@@ -1,24 +1,30 @@
-"""Typed training specs: the schema of a job (DESIGN.md §5.3).
+"""Typed job specs: the schema of a job (DESIGN.md §5.3), shared by every training method.
 
-`services.trainer.convert` builds these from the proto request, filling defaults and checking every
-field (all violations reported at once). The worker receives the same dataclasses as JSON, so recipes
-never see protobuf. Method-specific settings live in one dataclass per method (`SftConfig`, ...);
-the adapter choice (`AdapterConfig`) is orthogonal to the method.
+A job's spec is a `TrainingSpec`: what every method has (base model, datasets, adapter, hyperparameters,
+evaluation and checkpoint policy) plus `method_spec`, the method's own dataclass (`SftSpec`, `DpoSpec`,
+...), which lives in the method's module under `services/trainer/methods/`. The domain classes are named
+after their proto messages (`AdapterSpec`, `EvalSpec`, `Hyperparameters`, ...); `services.trainer.convert`
+builds them from a request, and the worker receives the same dataclasses as JSON, so recipes never see
+protobuf.
+
+This module imports nothing from the trainer: methods, convert, admission, the job manager and the
+recipes all import it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-# Every training method of the mission, in the order of the proto's `oneof method`.
-ALL_METHODS = ("pretrain", "continued_pretrain", "sft", "reward", "dpo", "rft", "grpo", "ppo", "distill")
+from typing import Any
 
 
 @dataclass
-class AdapterConfig:
-    """full / lora / qlora, resolved into peft + bitsandbytes objects in recipes/adapters.py only."""
+class AdapterSpec:
+    """full / lora / qlora, resolved into peft + bitsandbytes objects in training/adapters.py only."""
 
     type: str = "lora"  # "full" | "lora" | "qlora"
     rank: int = 16
@@ -55,7 +61,7 @@ class Hyperparameters:
 
 
 @dataclass
-class EvalConfig:
+class EvalSpec:
     split_ratio: float = 0.0
     eval_dataset_id: str = ""
     every_steps: int = 0
@@ -64,154 +70,10 @@ class EvalConfig:
     early_stopping_patience: int = 0  # 0: never stop early
     early_stopping_threshold: float = 0.0
 
-
-@dataclass
-class SftConfig:
-    format: str = "auto"
-    train_on_prompt: bool = False
-    default_system_prompt: str = ""
-    new_tokens: list[str] = field(default_factory=list)  # vocabulary expansion
-
-
-@dataclass
-class PretrainConfig:
-    """A new model from a config (recipes/pretrain.py)."""
-
-    architecture: str = "llama"  # llama | qwen2
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    context_length: int = 512
-    intermediate_size: int = 688
-    tokenizer_from: str = ""  # store id; "" = train a byte-level BPE on the corpus
-    vocab_size: int = 8000
-    format: str = "text"
-
-
-@dataclass
-class ContinuedPretrainConfig:
-    new_tokens: list[str] = field(default_factory=list)  # vocabulary expansion
-    format: str = "text"
-
-
-@dataclass
-class RewardConfig:
-    center_rewards_coefficient: float | None = None
-    format: str = "preference"
-
-
-# PreferenceLoss names; "orpo" and "simpo" need no reference model, "kto" trains on unpaired rows.
-PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo", "kto")
-
-
-@dataclass
-class DpoConfig:
-    beta: float = 0.1
-    loss: str = "sigmoid"
-    simpo_gamma: float = 0.5
-    format: str = "auto"
-
     @property
-    def uses_reference(self) -> bool:
-        return self.loss not in ("orpo", "simpo")
-
-
-@dataclass
-class RewardFunctionConfig:
-    """One reward of the server-side registry (services/trainer/rewards.py), by name, with its weight."""
-
-    name: str
-    weight: float = 1.0
-    params: dict[str, str] = field(default_factory=dict)
-    reward_model_id: str = ""  # for name "reward_model"
-
-
-@dataclass
-class RolloutSamplingConfig:
-    fraction_of_steps: float = 0.1
-    max_prompts: int = 2
-
-
-@dataclass
-class GrpoConfig:
-    rewards: list[RewardFunctionConfig] = field(default_factory=list)
-    num_generations: int = 4
-    beta: float = 0.04
-    epsilon: float = 0.2
-    loss: str = "dapo"  # grpo | dr_grpo | dapo (TRL's names)
-    max_completion_length: int = 64
-    temperature: float = 1.0
-    samples: RolloutSamplingConfig = field(default_factory=RolloutSamplingConfig)
-    use_vllm: bool = False
-    format: str = "prompt_only"
-
-
-@dataclass
-class RftConfig:
-    rewards: list[RewardFunctionConfig] = field(default_factory=list)
-    num_candidates: int = 4
-    rounds: int = 2
-    threshold: float | None = None  # None: keep each prompt's best candidate (when its reward > 0)
-    max_completion_length: int = 64
-    temperature: float = 1.0
-    samples: RolloutSamplingConfig = field(default_factory=RolloutSamplingConfig)
-    format: str = "prompt_only"
-
-
-@dataclass
-class PpoConfig:
-    algorithm: str = "rloo"  # rloo | ppo (refused: TRL 1.16 has no PPOTrainer)
-    reward_model_id: str = ""
-    rewards: list[RewardFunctionConfig] = field(default_factory=list)  # the reward model comes first
-    num_generations: int = 4
-    beta: float = 0.05
-    max_completion_length: int = 64
-    temperature: float = 1.0
-    samples: RolloutSamplingConfig = field(default_factory=RolloutSamplingConfig)
-    format: str = "prompt_only"
-
-
-@dataclass
-class DistillConfig:
-    teacher_model_id: str = ""
-    mode: str = "offline"  # offline | on_policy
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    lmbda: float = 0.5
-    beta: float = 0.5
-    format: str = "prompt_only"
-
-
-EVALUATE_METRICS = ("perplexity", "exact_match", "accuracy", "f1", "macro_f1", "bleu", "rouge")
-
-
-@dataclass
-class EvaluateConfig:
-    """An Evaluate job (recipes/evaluate.py): scores `TrainingSpec.base_model_id` (+ adapter) on the dataset."""
-
-    adapter_id: str = ""
-    metrics: list[str] = field(default_factory=list)  # empty: by format (see EvaluateRequest.metrics)
-    max_new_tokens: int = 128
-    max_samples: int = 0
-    batch_size: int = 8
-    format: str = "auto"
-
-
-MethodConfig = (SftConfig | PretrainConfig | ContinuedPretrainConfig | RewardConfig | DpoConfig | GrpoConfig
-                | RftConfig | PpoConfig | DistillConfig | EvaluateConfig)
-METHOD_CONFIGS: dict[str, type] = {
-    "grpo": GrpoConfig,
-    "rft": RftConfig,
-    "ppo": PpoConfig,
-    "distill": DistillConfig,
-    "sft": SftConfig,
-    "pretrain": PretrainConfig,
-    "continued_pretrain": ContinuedPretrainConfig,
-    "reward": RewardConfig,
-    "dpo": DpoConfig,
-    "evaluate": EvaluateConfig,
-}
+    def has_data(self) -> bool:
+        """Whether the job evaluates at all (a held-out share or an eval dataset)."""
+        return self.split_ratio > 0 or bool(self.eval_dataset_id)
 
 
 @dataclass
@@ -226,93 +88,56 @@ class DatasetFile:
 
 @dataclass
 class TrainingSpec:
-    """Everything a worker needs to run one job."""
+    """Everything a worker needs to run one job. `method_spec` is the method's dataclass."""
 
     job_id: str
     method: str
     base_model_id: str
     dataset: DatasetFile
-    method_config: MethodConfig
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    method_spec: Any
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalSpec = field(default_factory=EvalSpec)
     eval_dataset: DatasetFile | None = None
     save_every_steps: int = 0
     store_root: str = ""
-
-    @property
-    def dataset_rules(self) -> str:
-        """Key of `data.METHOD_FORMATS` whose formats the dataset must be in ("kto" for DPO with KTO loss)."""
-        if self.method == "dpo" and self.method_config.loss == "kto":
-            return "kto"
-        return self.method
-
-    @property
-    def dataset_format(self) -> str:
-        """The row format the request asked for ("auto" = detect from the rows)."""
-        return getattr(self.method_config, "format", "auto")
-
-    def required_columns(self) -> dict[str, str]:
-        """Extra dataset columns every row must have -> who reads them (the RL methods' rewards)."""
-        rewards = getattr(self.method_config, "rewards", None)
-        if not rewards:
-            return {}
-        from services.trainer.rewards import required_columns
-
-        return {column: f"a reward function of this {self.method} job" for column in required_columns(rewards)}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> TrainingSpec:
+    def from_json(cls, text: str, method_spec_class: type) -> TrainingSpec:
+        """The spec from `to_json` output; `method_spec_class` is the method's dataclass
+        (`services.trainer.methods.get(method).spec_class`)."""
         data = json.loads(text)
-        eval_dataset = data.pop("eval_dataset")
-        return cls(
-            **{k: v for k, v in data.items()
-               if k not in ("dataset", "method_config", "adapter", "hyperparameters", "eval")},
-            dataset=DatasetFile(**data["dataset"]),
-            method_config=_method_config_from_dict(data["method"], data["method_config"]),
-            adapter=AdapterConfig(**data["adapter"]),
-            hyperparameters=Hyperparameters(**data["hyperparameters"]),
-            eval=EvalConfig(**data["eval"]),
-            eval_dataset=DatasetFile(**eval_dataset) if eval_dataset else None,
-        )
+        method_spec = from_dict(method_spec_class, data.pop("method_spec"))
+        return dataclasses.replace(from_dict(cls, {**data, "method_spec": None}), method_spec=method_spec)
 
     def write(self, path: Path) -> None:
         path.write_text(self.to_json(), encoding="utf-8")
 
 
-def check_group_batch(hyper: Hyperparameters, num_generations: int, method: str, has_eval: bool) -> None:
-    """GRPO / RLOO: the generation batch (batch_size x gradient_accumulation_steps completions) must hold whole
-    groups of num_generations. Raises InvalidArgument naming hyperparameters.batch_size and a size that fits."""
-    from services.common.errors import invalid_field
-
-    completions = hyper.batch_size * hyper.gradient_accumulation_steps
-    if completions % num_generations:
-        accumulation = hyper.gradient_accumulation_steps
-        fits = next(b for b in range(hyper.batch_size + 1, hyper.batch_size + num_generations + 1)
-                    if b * accumulation % num_generations == 0)
-        raise invalid_field(
-            "hyperparameters.batch_size",
-            f"{method} trains on groups of {method}.num_generations = {num_generations} completions per prompt, but "
-            f"batch_size x gradient_accumulation_steps = {hyper.batch_size} x {accumulation} "
-            f"= {completions} completions per step is not a multiple of {num_generations}",
-            f"batch_size counts completions: e.g. batch_size {fits} ({fits * accumulation // num_generations} "
-            f"prompt(s) per step), or change num_generations")
-    if has_eval and hyper.batch_size % num_generations:
-        raise invalid_field(
-            "hyperparameters.batch_size",
-            f"evaluation generates {num_generations} completions per prompt in batches of batch_size = "
-            f"{hyper.batch_size}, which is not a multiple of {num_generations}",
-            f"use a batch_size that is a multiple of {num_generations}, or evaluate without a held-out set")
+def from_dict(cls: type, data: Any) -> Any:
+    """Rebuild dataclass `cls` (nested dataclasses, lists of them and optionals included) from `asdict`
+    output, using the field type hints. Keys the class does not know are ignored."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _from_value(hints[f.name], data[f.name])
+    return cls(**kwargs)
 
 
-def _method_config_from_dict(method: str, data: dict):
-    """A method config from its JSON dict, rebuilding the nested reward and sampling dataclasses."""
-    data = dict(data)
-    if "rewards" in data:
-        data["rewards"] = [RewardFunctionConfig(**r) for r in data["rewards"]]
-    if "samples" in data:
-        data["samples"] = RolloutSamplingConfig(**data["samples"])
-    return METHOD_CONFIGS[method](**data)
+def _from_value(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _from_value(options[0], value) if len(options) == 1 else value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return [_from_value(item, v) for v in value]
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return from_dict(hint, value)
+    return value

@@ -64,18 +64,20 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()
     try:
-        from services.common.store import CheckpointStore
-        from services.trainer.recipes import load_recipe
-        from services.trainer.recipes.context import Cancelled, RecipeContext
-        from services.trainer.spec import TrainingSpec
-
-        spec = TrainingSpec.from_json(spec_path.read_text(encoding="utf-8"))
+        # Imported here, not at the top: the job manager imports this module for its constants, and the
+        # server must not load torch.
         import torch
+
+        from services.common.store import CheckpointStore
+        from services.trainer import methods
+        from services.trainer.training.context import Cancelled, RecipeContext
+
+        spec = methods.load_spec(spec_path.read_text(encoding="utf-8"))
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         ctx = RecipeContext(spec=spec, store=CheckpointStore(spec.store_root), emit=pipe.emit,
                             should_stop=stop.is_set, work_dir=spec_path.parent, device=device)
-        recipe = load_recipe(spec.method)
+        recipe = methods.load_recipe(spec.method)
         try:
             result_id = recipe.run(ctx)
         except Cancelled:

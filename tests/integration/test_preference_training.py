@@ -188,7 +188,7 @@ def test_a_base_without_chat_template_trains_on_plain_text_and_refuses_message_l
 
 def test_reward_model_beats_chance_on_held_out_pairs_and_scores_from_the_store(
         trainer_client, tiny_model_id, preference_dataset_id, trainer_server):
-    from services.trainer.recipes.reward import load_reward_model, score
+    from services.trainer.rewards.reward_model import load_reward_model, score
 
     request = preference_request(tiny_model_id, preference_dataset_id, method="reward", max_steps=20,
                                  learning_rate=1e-3)
@@ -216,7 +216,7 @@ def test_reward_model_beats_chance_on_held_out_pairs_and_scores_from_the_store(
 
 def test_reward_model_id_is_checked_when_loading(trainer_server, tiny_model_id):
     from services.common.errors import FailedPrecondition
-    from services.trainer.recipes.reward import load_reward_model
+    from services.trainer.rewards.reward_model import load_reward_model
 
     with pytest.raises(FailedPrecondition, match="not a reward model"):
         load_reward_model(CheckpointStore(trainer_server.store_root), tiny_model_id)

@@ -219,7 +219,7 @@ def test_rft_with_lora_keeps_training_one_adapter_and_serves_it(trainer_client, 
 
 
 def test_rollout_rounds_follow_the_sampling_fraction():
-    from services.trainer.recipes.rft import sampled_rounds
+    from services.trainer.methods.rft.recipe import sampled_rounds
 
     assert sampled_rounds(4, 1.0) == {0, 1, 2, 3}
     assert sampled_rounds(4, 0.5) == {0, 2}

@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from lmforge.v1 import common_pb2, trainer_pb2
-from services.trainer.recipes.rollouts import is_sampled_step, sampling_interval
+from services.trainer.training.rollouts import is_sampled_step, sampling_interval
 from tests.conftest import EXAMPLES
 from tests.helpers import all_events
 

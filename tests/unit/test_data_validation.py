@@ -14,16 +14,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from services.common.errors import InvalidArgument, NotFound, Violation
+from services.trainer import methods
 from services.trainer.data import (
-    METHOD_FORMATS,
     DatasetFormat,
     FileFormat,
     detect_format,
     file_format_from_name,
-    formats_for_method,
     iter_rows,
     validate_file,
 )
+from services.trainer.methods.dpo import DpoSpec
+
+
+def formats_for(method: str):
+    """The formats a method accepts; "kto" is the dpo method with the KTO loss."""
+    if method == "kto":
+        return methods.get("dpo").formats(DpoSpec(loss="kto"))
+    return tuple(methods.formats_for(method))
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "examples" / "data"
@@ -66,26 +73,29 @@ def test_file_format_from_name_rejects_unknown_extension():
 
 
 def test_method_formats_and_unknown_method():
-    assert METHOD_FORMATS["sft"] == (
+    assert formats_for("sft") == (
         DatasetFormat.MESSAGES, DatasetFormat.ALPACA, DatasetFormat.SHAREGPT, DatasetFormat.PROMPT_COMPLETION
     )
-    assert METHOD_FORMATS["pretrain"] == METHOD_FORMATS["continued_pretrain"] == (DatasetFormat.TEXT,)
-    assert METHOD_FORMATS["dpo"] == METHOD_FORMATS["reward"] == (DatasetFormat.PREFERENCE,)
+    assert formats_for("pretrain") == formats_for("continued_pretrain") == (DatasetFormat.TEXT,)
+    assert formats_for("dpo") == formats_for("reward") == (DatasetFormat.PREFERENCE,)
+    assert formats_for("grpo") == formats_for("distill") == (DatasetFormat.PROMPT_ONLY,)
     with pytest.raises(InvalidArgument) as e:
-        formats_for_method("magic")
+        methods.formats_for("magic")
     assert e.value.violations[0].field == "method"
-    with pytest.raises(InvalidArgument):
-        validate_file(DATA / "sft_demo.jsonl", FileFormat.JSONL, method="magic")
+    with pytest.raises(InvalidArgument) as e:
+        validate_file(DATA / "sft_demo.jsonl", FileFormat.JSONL, formats_for("dpo"), DatasetFormat.MESSAGES,
+                      method="dpo")
+    assert e.value.violations[0].field == "format" and "preference" in e.value.violations[0].hint
 
 
 def test_detect_format():
-    sft = METHOD_FORMATS["sft"]
+    sft = formats_for("sft")
     assert detect_format({"messages": []}, sft) is DatasetFormat.MESSAGES
     assert detect_format({"conversations": []}, sft) is DatasetFormat.SHAREGPT
     assert detect_format({"instruction": "a", "output": "b"}, sft) is DatasetFormat.ALPACA
     assert detect_format({"prompt": "a", "completion": "b"}, sft) is DatasetFormat.PROMPT_COMPLETION
-    assert detect_format({"prompt": "a", "chosen": "b", "rejected": "c"}, METHOD_FORMATS["dpo"]) is DatasetFormat.PREFERENCE
-    assert detect_format({"text": "a"}, METHOD_FORMATS["pretrain"]) is DatasetFormat.TEXT
+    assert detect_format({"prompt": "a", "chosen": "b", "rejected": "c"}, formats_for("dpo")) is DatasetFormat.PREFERENCE
+    assert detect_format({"text": "a"}, formats_for("pretrain")) is DatasetFormat.TEXT
     assert detect_format({"text": "a"}, sft) is None
     assert detect_format({"instruction": "a"}, sft) is None
 
@@ -218,7 +228,8 @@ def test_broken_example_reports_every_bad_row():
 
 
 def check(tmp_path, rows, fmt=DatasetFormat.AUTO, method="sft", **kw):
-    return validate_file(write_jsonl(tmp_path / "d.jsonl", rows), FileFormat.JSONL, method=method, fmt=fmt, **kw)
+    return validate_file(write_jsonl(tmp_path / "d.jsonl", rows), FileFormat.JSONL, formats_for(method), fmt=fmt,
+                         method="dpo" if method == "kto" else method, **kw)
 
 
 def test_messages_rules(tmp_path):

@@ -45,22 +45,8 @@ SFT_FORMATS: tuple[DatasetFormat, ...] = (
     DatasetFormat.PROMPT_COMPLETION,
 )
 
-METHOD_FORMATS: dict[str, tuple[DatasetFormat, ...]] = {
-    "sft": SFT_FORMATS,
-    "pretrain": (DatasetFormat.TEXT,),
-    "continued_pretrain": (DatasetFormat.TEXT,),
-    "dpo": (DatasetFormat.PREFERENCE,),
-    # DPO with the KTO loss: unpaired rows, or preference pairs (each pair gives one good, one bad row).
-    "kto": (DatasetFormat.UNPAIRED_PREFERENCE, DatasetFormat.PREFERENCE),
-    "reward": (DatasetFormat.PREFERENCE,),
-    # RL methods and distillation: prompts (plus the columns their rewards read).
-    "grpo": (DatasetFormat.PROMPT_ONLY,),
-    "rft": (DatasetFormat.PROMPT_ONLY,),
-    "ppo": (DatasetFormat.PROMPT_ONLY,),
-    "distill": (DatasetFormat.PROMPT_ONLY,),
-    # Evaluate jobs: text for perplexity; anything with a prompt and a reference answer for the rest.
-    "evaluate": (DatasetFormat.TEXT, *SFT_FORMATS),
-}
+# Which formats each method accepts is part of the method's definition (services/trainer/methods/).
+EVALUATE_FORMATS: tuple[DatasetFormat, ...] = (DatasetFormat.TEXT, *SFT_FORMATS)
 
 # The keys that identify each format, in detection order: the most specific first, so a preference
 # row (prompt+chosen+rejected) is not taken for something else and `messages` wins over a stray `text`.
@@ -90,18 +76,6 @@ def file_format_from_name(name: str) -> FileFormat:
             "name",
             f"unsupported file extension {suffix or '(none)'!r} in {str(name)!r}",
             f"use one of {supported} (.json is read as JSON lines)",
-        ) from None
-
-
-def formats_for_method(method: str) -> tuple[DatasetFormat, ...]:
-    """The dataset formats `method` accepts. Raises InvalidArgument (field "method") if unknown."""
-    try:
-        return METHOD_FORMATS[method]
-    except KeyError:
-        raise invalid_field(
-            "method",
-            f"unknown training method {method!r}",
-            f"use one of {', '.join(METHOD_FORMATS)}",
         ) from None
 
 

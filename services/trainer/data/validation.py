@@ -1,19 +1,20 @@
 """Validate a dataset file before a job is queued, reporting every bad row (DESIGN.md §4, §5.4).
 
-    result = validate_file("train.jsonl", FileFormat.JSONL, method="sft")
+    result = validate_file("train.jsonl", FileFormat.JSONL, SFT_FORMATS, method="sft")
     if not result.ok:
         raise InvalidArgument(f"{result.bad_rows} of {result.total_rows} rows are invalid", result.violations)
 
 The file is streamed, so any size validates in bounded memory. Every violation names the row (1-based,
 as iter_rows numbers it), the field path (`messages[2].role`), what is wrong and how to fix it. At most
 `max_violations` are listed (`truncated` says more were found); the row counts are always exact.
-Raises InvalidArgument for an unknown method or a format the method does not use, NotFound for a
-missing file.
+The formats a method accepts come from its definition (`services.trainer.methods.formats_for`, or
+`methods.validate_dataset` for a job's spec). Raises InvalidArgument for a format the method does not use,
+NotFound for a missing file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from services.trainer.data.formats import (
     FileFormat,
     detect_format,
     expected_fields,
-    formats_for_method,
+    SFT_FORMATS,
 )
 from services.trainer.data.reader import iter_rows, type_name
 
@@ -316,15 +317,18 @@ def check_row(row_number: int, row: dict, fmt: DatasetFormat) -> list[Violation]
 def validate_file(
     path: str | Path,
     file_format: FileFormat,
-    method: str = "sft",
+    formats: Sequence[DatasetFormat] = SFT_FORMATS,
     fmt: DatasetFormat = DatasetFormat.AUTO,
     max_violations: int = 1000,
     required_columns: dict[str, str] | None = None,
+    *,
+    method: str = "sft",
 ) -> ValidationResult:
     """Stream every row of `path` and check it against `fmt` (AUTO: detected from the first row that
-    matches one of `method`'s formats). `required_columns` maps extra columns every row must have to who
-    reads them (e.g. {"answer": "reward exact_match"}). See the module docstring for what is reported."""
-    allowed = formats_for_method(method)
+    matches one of `formats`, the formats `method` accepts; `method` names it in messages).
+    `required_columns` maps extra columns every row must have to who reads them (e.g. {"answer":
+    "reward exact_match"}). See the module docstring for what is reported."""
+    allowed = tuple(formats)
     fmt = DatasetFormat(fmt)
     if fmt is not DatasetFormat.AUTO and fmt not in allowed:
         raise invalid_field(
