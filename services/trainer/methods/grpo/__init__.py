@@ -16,15 +16,7 @@ from services.trainer.methods.definition import (
     fixed_formats,
     optional,
 )
-from services.trainer.methods.rl import (
-    RolloutSampling,
-    check_group_batch,
-    check_rewards,
-    reward_columns,
-    reward_model_references,
-    rewards_from_proto,
-    rollout_fields_from_proto,
-)
+from services.trainer.methods import rl
 from services.trainer.rewards.registry import RewardFunctionSpec
 
 
@@ -37,13 +29,13 @@ class GrpoSpec:
     loss: str = "dapo"  # grpo | dr_grpo | dapo (TRL's names)
     max_completion_length: int = 64
     temperature: float = 1.0
-    samples: RolloutSampling = field(default_factory=RolloutSampling)
+    samples: rl.RolloutSampling = field(default_factory=rl.RolloutSampling)
     use_vllm: bool = False
     format: str = "prompt_only"
 
 
 def from_proto(message, checks: RequestChecks) -> GrpoSpec:
-    spec = GrpoSpec(rewards=rewards_from_proto(message.rewards), use_vllm=message.use_vllm,
+    spec = GrpoSpec(rewards=rl.rewards_from_proto(message.rewards), use_vllm=message.use_vllm,
                     loss=enum_choice(message, "loss", checks, "grpo.loss", "dapo"))
     spec.epsilon = optional(message, "epsilon", spec.epsilon)
     spec.num_generations = message.num_generations or spec.num_generations
@@ -51,13 +43,13 @@ def from_proto(message, checks: RequestChecks) -> GrpoSpec:
     checks.in_range(spec.epsilon, "grpo.epsilon", 0, 10, low_open=True)
     checks.in_range(spec.num_generations, "grpo.num_generations", 2, 256)
     checks.in_range(spec.beta, "grpo.beta", 0, 100)
-    rollout_fields_from_proto(spec, message, "grpo", checks)
-    check_rewards(spec.rewards, "grpo.rewards", checks)
+    rl.rollout_fields_from_proto(spec, message, "grpo", checks)
+    rl.check_rewards(spec.rewards, "grpo.rewards", checks)
     return spec
 
 
 METHOD = MethodDefinition(
-    name="grpo", spec_class=GrpoSpec, from_proto=from_proto, check=check_group_batch,
+    name="grpo", spec_class=GrpoSpec, from_proto=from_proto, check=rl.check_group_batch,
     recipe="services.trainer.methods.grpo.recipe", formats=fixed_formats(DatasetFormat.PROMPT_ONLY),
-    required_columns=reward_columns, references=lambda spec: reward_model_references(spec.rewards, "grpo.rewards"),
+    required_columns=rl.reward_columns, references=lambda spec: rl.reward_model_references(spec.rewards, "grpo.rewards"),
     summary="GRPO with rewards from the registry (TRL GRPOTrainer)")

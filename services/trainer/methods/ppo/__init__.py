@@ -15,15 +15,7 @@ from services.trainer.methods.definition import (
     fixed_formats,
     optional,
 )
-from services.trainer.methods.rl import (
-    RolloutSampling,
-    check_group_batch,
-    check_rewards,
-    reward_columns,
-    reward_model_references,
-    rewards_from_proto,
-    rollout_fields_from_proto,
-)
+from services.trainer.methods import rl
 from services.trainer.rewards.registry import RewardFunctionSpec
 
 
@@ -36,12 +28,12 @@ class PpoSpec:
     beta: float = 0.05
     max_completion_length: int = 64
     temperature: float = 1.0
-    samples: RolloutSampling = field(default_factory=RolloutSampling)
+    samples: rl.RolloutSampling = field(default_factory=rl.RolloutSampling)
     format: str = "prompt_only"
 
 
 def from_proto(message, checks: RequestChecks) -> PpoSpec:
-    rules = rewards_from_proto(message.rewards)
+    rules = rl.rewards_from_proto(message.rewards)
     spec = PpoSpec(algorithm=enum_choice(message, "algorithm", checks, "ppo.algorithm", "rloo"),
                    reward_model_id=message.reward_model_id)
     checks.require(spec.algorithm != "ppo", "ppo.algorithm",
@@ -55,9 +47,9 @@ def from_proto(message, checks: RequestChecks) -> PpoSpec:
     spec.beta = optional(message, "beta", spec.beta)
     checks.in_range(spec.num_generations, "ppo.num_generations", 2, 256)
     checks.in_range(spec.beta, "ppo.beta", 0, 100)
-    rollout_fields_from_proto(spec, message, "ppo", checks)
+    rl.rollout_fields_from_proto(spec, message, "ppo", checks)
     if rules:  # the reward model scores; rule rewards are optional extras
-        check_rewards(rules, "ppo.rewards", checks)
+        rl.check_rewards(rules, "ppo.rewards", checks)
     return spec
 
 
@@ -66,10 +58,10 @@ def references(spec: PpoSpec) -> list[ModelReference]:
     found = [ModelReference("ppo.reward_model_id", spec.reward_model_id, (EntryKind.REWARD_MODEL,),
                             "a reward model", needs_tokenizer=True)] if spec.reward_model_id else []
     rules = spec.rewards[1:] if spec.reward_model_id else spec.rewards
-    return found + reward_model_references(rules, "ppo.rewards")
+    return found + rl.reward_model_references(rules, "ppo.rewards")
 
 
 METHOD = MethodDefinition(
-    name="ppo", spec_class=PpoSpec, from_proto=from_proto, check=check_group_batch, references=references,
+    name="ppo", spec_class=PpoSpec, from_proto=from_proto, check=rl.check_group_batch, references=references,
     recipe="services.trainer.methods.ppo.recipe", formats=fixed_formats(DatasetFormat.PROMPT_ONLY),
-    required_columns=reward_columns, summary="PPO-style RLHF with a store reward model (RLOO)")
+    required_columns=rl.reward_columns, summary="PPO-style RLHF with a store reward model (RLOO)")

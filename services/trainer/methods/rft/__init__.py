@@ -7,14 +7,7 @@ from dataclasses import dataclass, field
 
 from services.trainer.data import DatasetFormat
 from services.trainer.methods.definition import MethodDefinition, RequestChecks, fixed_formats, optional
-from services.trainer.methods.rl import (
-    RolloutSampling,
-    check_rewards,
-    reward_columns,
-    reward_model_references,
-    rewards_from_proto,
-    rollout_fields_from_proto,
-)
+from services.trainer.methods import rl
 from services.trainer.rewards.registry import RewardFunctionSpec
 
 
@@ -26,23 +19,23 @@ class RftSpec:
     threshold: float | None = None  # None: keep each prompt's best candidate (when its reward > 0)
     max_completion_length: int = 64
     temperature: float = 1.0
-    samples: RolloutSampling = field(default_factory=RolloutSampling)
+    samples: rl.RolloutSampling = field(default_factory=rl.RolloutSampling)
     format: str = "prompt_only"
 
 
 def from_proto(message, checks: RequestChecks) -> RftSpec:
-    spec = RftSpec(rewards=rewards_from_proto(message.rewards), threshold=optional(message, "threshold", None))
+    spec = RftSpec(rewards=rl.rewards_from_proto(message.rewards), threshold=optional(message, "threshold", None))
     spec.num_candidates = message.num_candidates or spec.num_candidates
     spec.rounds = message.rounds or spec.rounds
     checks.in_range(spec.num_candidates, "rft.num_candidates", 1, 256)
     checks.in_range(spec.rounds, "rft.rounds", 1, 1000)
-    rollout_fields_from_proto(spec, message, "rft", checks)
-    check_rewards(spec.rewards, "rft.rewards", checks)
+    rl.rollout_fields_from_proto(spec, message, "rft", checks)
+    rl.check_rewards(spec.rewards, "rft.rewards", checks)
     return spec
 
 
 METHOD = MethodDefinition(
     name="rft", spec_class=RftSpec, from_proto=from_proto,
     recipe="services.trainer.methods.rft.recipe", formats=fixed_formats(DatasetFormat.PROMPT_ONLY),
-    required_columns=reward_columns, references=lambda spec: reward_model_references(spec.rewards, "rft.rewards"),
+    required_columns=rl.reward_columns, references=lambda spec: rl.reward_model_references(spec.rewards, "rft.rewards"),
     needs_chat_template=True, summary="rejection-sampling fine-tuning with rewards from the registry")
