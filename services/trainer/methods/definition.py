@@ -41,9 +41,11 @@ class RequestChecks:
         self.require(ok, field, f"{value} is out of range", f"use a value in {bracket}{low}, {high}]")
 
     def raise_if_any(self) -> None:
+        """One INVALID_ARGUMENT with every violation; its message names each field and what is wrong, so
+        a client that shows only the status details (grpcurl, a log line) still sees the reasons."""
         if self.violations:
-            fields = ", ".join(v.field for v in self.violations)
-            raise InvalidArgument(f"invalid {self.request_name} ({fields})", self.violations)
+            reasons = "; ".join(f"{v.field}: {v.reason}" for v in self.violations)
+            raise InvalidArgument(f"invalid {self.request_name}: {reasons}", self.violations)
 
 
 def enum_choice(message, field: str, checks: RequestChecks, where: str, default: str) -> str:
