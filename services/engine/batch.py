@@ -7,7 +7,7 @@
         answers = generate_all(backend, chats, SamplingConfig(temperature=0, max_new_tokens=64))
     with TransformersBackend.from_model(policy, tokenizer) as backend:               # a model in memory
         groups = generate_all(backend, chats, SamplingConfig(temperature=1.0), n=8, seed=seed)
-    groups[i][j].text, groups[i][j].token_count, groups[i][j].finish_reason
+    groups[i][j].text, groups[i][j].token_count, groups[i][j].finish_reason, groups[i][j].token_ids
 
 Each completion runs the engine's own Choice (services/engine/generation.py), so it is exactly what the
 inference service would stream for the same request: same chat template, end-of-turn tokens, detokenizer
@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from services.engine.backends.base import Backend
 from services.engine.generation import Choice, Finished, check_room, render_prompt
@@ -40,6 +40,9 @@ class Completion:
     text: str  # what the model said, without the end-of-turn token or any stop sequence
     token_count: int  # generated tokens (an end-of-turn token is not counted)
     finish_reason: str  # eos | length | stop | cancelled
+    # The generated token ids, end-of-turn token excluded (with stop sequences: those streamed before the stop);
+    # not compared: text and counts identify a completion.
+    token_ids: list[int] = field(default_factory=list, compare=False)
 
 
 def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
@@ -81,8 +84,10 @@ def generate_all(backend: Backend, prompts: list[Prompt], sampling: SamplingConf
                               seed=None if base_seed is None else base_seed + k)
             choice = Choice(j, backend, ids[i], request, adapter_id, time.monotonic(), lambda: not should_stop(),
                             None, rooms[i])
-            finished = [item for item in choice.run() if isinstance(item, Finished)][-1]
-            completion = Completion(finished.text, finished.completion_tokens, finished.reason)
+            items = list(choice.run())
+            finished = [item for item in items if isinstance(item, Finished)][-1]
+            tokens = [t for item in items if not isinstance(item, Finished) for t in item.token_ids]
+            completion = Completion(finished.text, finished.completion_tokens, finished.reason, tokens)
         if on_complete is not None:
             with lock:
                 on_complete(i, completion)

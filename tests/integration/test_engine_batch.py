@@ -53,8 +53,11 @@ def test_requests_are_seeded_in_order_whatever_the_concurrency(backend):
     ids = prompt_ids(backend.tokenizer, CHATS[2])
     for choice in range(3):
         alone = SamplingConfig(temperature=1.0, max_new_tokens=10, seed=11 + 2 * 3 + choice)
-        [finished] = [item for item in stream(backend, ids, alone) if isinstance(item, Finished)]
+        items = list(stream(backend, ids, alone))
+        [finished] = [item for item in items if isinstance(item, Finished)]
         assert batched[2][choice] == Completion(finished.text, finished.completion_tokens, finished.reason)
+        streamed = [t for item in items if not isinstance(item, Finished) for t in item.token_ids]
+        assert batched[2][choice].token_ids == streamed and len(streamed) == finished.completion_tokens
 
 
 def test_chats_text_and_token_ids_are_the_same_prompt(backend):

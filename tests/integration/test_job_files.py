@@ -26,12 +26,14 @@ JOB_FILES = {
     "reward.yaml": ("preference_demo.jsonl", common_pb2.REWARD_MODEL, False),
     "grpo.yaml": ("rl_prompts.jsonl", common_pb2.ADAPTER, True),
     "rloo.yaml": ("rl_prompts.jsonl", common_pb2.ADAPTER, True),
+    "ppo.yaml": ("rl_prompts.jsonl", common_pb2.ADAPTER, True),
     "rft.yaml": ("rft_prompts.jsonl", common_pb2.ADAPTER, True),
     "distill.yaml": ("distill_prompts.jsonl", common_pb2.ADAPTER, True),
 }
 # Per job file: flags that point it at what the tiny test store holds, and its steps for --max-steps 2.
 EXTRA_FLAGS = {
     "rloo.yaml": lambda store: ["--reward-model", _tiny_reward_model(store)],
+    "ppo.yaml": lambda store: ["--reward-model", _tiny_reward_model(store)],
     "distill.yaml": lambda store: ["--teacher", "tiny-llama"],
 }
 STEPS = {"rft.yaml": 2 * 3}  # --max-steps is per round, 3 rounds

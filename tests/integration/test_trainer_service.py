@@ -195,10 +195,11 @@ def test_bad_requests_get_precise_status_codes(trainer_client, tiny_model_id, de
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _bad_request_fields(info.value) == {"method"}
     ppo = sft_request(tiny_model_id, demo_dataset_id)
     del ppo["sft"]
-    ppo["ppo"] = {"algorithm": "PPO_ALGORITHM_PPO", "reward_model_id": "x"}
+    ppo["ppo"] = {"algorithm": "PPO_ALGORITHM_ACTOR_CRITIC", "critic_init": "PPO_CRITIC_INIT_REWARD_MODEL"}
     with pytest.raises(grpc.RpcError) as info:
         trainer_client.start_training(ppo)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _bad_request_fields(info.value) == {"ppo.algorithm"}
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _bad_request_fields(info.value) == {
+        "ppo.reward_model_id", "ppo.critic_init"}
 
     bad = sft_request(tiny_model_id, demo_dataset_id, learning_rate=-1.0, batch_size=-1, precision="fp16",
                       lr_scheduler="sideways")

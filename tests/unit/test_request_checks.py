@@ -158,9 +158,59 @@ def test_ppo_is_rloo_with_a_store_reward_model(env):
     spec = build(env, ppo={"reward_model_id": "scorer"})
     assert spec.method_spec.algorithm == "rloo"
     assert [r.name for r in spec.method_spec.rewards] == ["reward_model"]
-    assert violations(env, ppo={"algorithm": "PPO_ALGORITHM_PPO"}) == {"ppo.algorithm", "ppo.reward_model_id"}
+    assert (spec.method_spec.num_generations, spec.method_spec.beta) == (4, 0.05)
+    assert violations(env, ppo={"algorithm": "PPO_ALGORITHM_RLOO"}) == {"ppo.reward_model_id"}
+    assert violations(env, ppo={"reward_model_id": "scorer", "gamma": 0.9, "ppo_epochs": 2,
+                                "whiten_advantages": False, "num_generations": 1}) == {
+        "ppo.gamma", "ppo.ppo_epochs", "ppo.whiten_advantages", "ppo.num_generations"}, "actor-critic fields"
     with pytest.raises(FailedPrecondition, match="not a reward model"):
         build(env, ppo={"reward_model_id": "base"})
+
+
+AC = "PPO_ALGORITHM_ACTOR_CRITIC"
+LENGTH = {"name": "length_penalty", "params": {"target_chars": "4"}}
+
+
+def test_ppo_actor_critic_defaults_are_trl_old_ppo_configs(env):
+    spec = build(env, ppo={"algorithm": AC, "reward_model_id": "scorer"}).method_spec
+    assert spec.algorithm == "actor_critic" and [r.name for r in spec.rewards] == ["reward_model"]
+    assert (spec.kl_control, spec.beta, spec.kl_target, spec.kl_horizon) == ("adaptive", 0.2, 6.0, 10000.0)
+    assert (spec.gamma, spec.lam, spec.cliprange, spec.cliprange_value, spec.vf_coef) == (1.0, 0.95, 0.2, 0.2, 0.1)
+    assert (spec.ppo_epochs, spec.num_mini_batches, spec.whiten_advantages, spec.num_generations) == (4, 1, True, 1)
+    assert (spec.critic_init, spec.critic_adapter, spec.critic_learning_rate) == ("reward_model", "", None)
+    rules_only = build(env, ppo={"algorithm": AC, "rewards": [LENGTH], "gamma": 0.0, "whiten_advantages": False,
+                                 "kl_control": "PPO_KL_CONTROL_FIXED", "beta": 0.0,
+                                 "critic_adapter": "PPO_CRITIC_ADAPTER_FULL"}).method_spec
+    assert [r.name for r in rules_only.rewards] == ["length_penalty"] and rules_only.critic_init == "policy"
+    assert (rules_only.gamma, rules_only.whiten_advantages, rules_only.kl_control, rules_only.beta,
+            rules_only.critic_adapter) == (0.0, False, "fixed", 0.0, "full"), "0 and false are values, not unset"
+    both = build(env, ppo={"algorithm": AC, "reward_model_id": "scorer", "rewards": [LENGTH],
+                           "critic_init": "PPO_CRITIC_INIT_POLICY"}).method_spec
+    assert [r.name for r in both.rewards] == ["reward_model", "length_penalty"] and both.critic_init == "policy"
+
+
+def test_ppo_actor_critic_request_checks(env):
+    assert violations(env, ppo={"algorithm": AC}) == {"ppo.reward_model_id"}, "missing reward"
+    assert violations(env, ppo={"algorithm": AC, "rewards": [LENGTH],
+                                "critic_init": "PPO_CRITIC_INIT_REWARD_MODEL"}) == {"ppo.critic_init"}, \
+        "the critic cannot start from a reward model the job does not have"
+    assert violations(env, ppo={"algorithm": AC, "rewards": [LENGTH], "gamma": 1.5, "lam": -0.1, "cliprange": 0.0,
+                                "cliprange_value": -1.0, "vf_coef": -0.1, "kl_target": 0.0, "kl_horizon": 0.0,
+                                "ppo_epochs": 101, "num_mini_batches": -1, "beta": -1.0, "critic_learning_rate": 0.0,
+                                "kl_control": 9}) == {
+        "ppo.gamma", "ppo.lam", "ppo.cliprange", "ppo.cliprange_value", "ppo.vf_coef", "ppo.kl_target",
+        "ppo.kl_horizon", "ppo.ppo_epochs", "ppo.num_mini_batches", "ppo.beta", "ppo.critic_learning_rate",
+        "ppo.kl_control"}
+    assert violations(env, ppo={"algorithm": AC, "rewards": [LENGTH], "num_mini_batches": 9},
+                      hyperparameters={"batch_size": 4, "gradient_accumulation_steps": 2}) == {"ppo.num_mini_batches"}
+    assert violations(env, ppo={"algorithm": AC, "rewards": [LENGTH], "num_generations": 3},
+                      hyperparameters={"batch_size": 4}) == {"hyperparameters.batch_size"}, "whole groups per step"
+    assert violations(env, ppo={"algorithm": AC, "rewards": [LENGTH]}, eval={"split_ratio": 0.1},
+                      hyperparameters={"lr_scheduler": "reduce_lr_on_plateau"}) == {
+        "eval", "hyperparameters.lr_scheduler"}
+    assert violations(env, ppo={"algorithm": AC, "rewards": [{"name": "nope"}]}) == {"ppo.rewards[0].name"}
+    with pytest.raises(FailedPrecondition, match="not a reward model"):
+        build(env, ppo={"algorithm": AC, "reward_model_id": "base"})
 
 
 def test_distill_needs_a_language_model_teacher(env):

@@ -1,9 +1,10 @@
-"""PPO-style RLHF with a reward model from the store: RLOO on TRL's RLOOTrainer (full / LoRA / QLoRA).
+"""RLHF with PPO (full / LoRA / QLoRA): `ppo.algorithm` RLOO (the default) on TRL's RLOOTrainer, or
+ACTOR_CRITIC, PPO with a learned value model, written here on torch / transformers / peft because TRL 1.16
+no longer ships PPOTrainer (actor_critic.py, whose docstring has the algorithm; `run` dispatches to it).
 
-`ppo.algorithm` RLOO is the one that runs: TRL 1.16 no longer ships the actor-critic PPOTrainer, so
-PPO_ALGORITHM_PPO is refused when the request arrives (services/trainer/methods/ppo/__init__.py). RLOO (REINFORCE
-Leave-One-Out) samples `ppo.num_generations` completions per prompt and uses the mean reward of the
-*other* completions of the group as each one's baseline: PPO's clipped policy update without a critic.
+RLOO (REINFORCE Leave-One-Out) samples `ppo.num_generations` completions per prompt and uses the mean
+reward of the *other* completions of the group as each one's baseline: PPO's clipped policy update
+without a critic.
 
 Rewards: the REWARD_MODEL entry `ppo.reward_model_id` (a model trained with the `reward` method; its raw
 score, weight 1) comes first, then any rule rewards of `ppo.rewards`, summed with their weights
@@ -19,6 +20,7 @@ frac_reward_zero_std); samples stream as `rollouts` events. The result is an ADA
 
 from __future__ import annotations
 
+from services.trainer.methods.ppo import ACTOR_CRITIC
 from services.trainer.spec import TrainingSpec
 from services.trainer.training.common import training_arguments
 from services.trainer.training.context import RecipeContext
@@ -43,6 +45,10 @@ def build_rloo_config(spec: TrainingSpec, output_dir: str, device: str, has_eval
 
 
 def run(ctx: RecipeContext) -> str:
+    if ctx.spec.method_spec.algorithm == ACTOR_CRITIC:
+        from services.trainer.methods.ppo.actor_critic import run as run_actor_critic
+
+        return run_actor_critic(ctx)
     from trl import RLOOTrainer
 
     return train_on_rollouts(ctx, RLOOTrainer, build_rloo_config, use_vllm=False, preload_rewards=True,
