@@ -52,11 +52,12 @@ class RunningTrainer:
 
 @pytest.fixture(scope="session")
 def trainer_server(tmp_path_factory, store_root):
-    """An in-process trainer with two CPU slots (so a long job never blocks the next test)."""
+    """An in-process trainer with two CPU slots (so a long job never blocks the next test). It pauses its
+    workers when it stops (the default, detach, would leave them running after the tests)."""
     from services.trainer.server import TrainerServer
 
     home = tmp_path_factory.mktemp("trainer-home")
-    server = TrainerServer(home, store_root, port=0, slots=2, cancel_grace_seconds=5.0)
+    server = TrainerServer(home, store_root, port=0, slots=2, cancel_grace_seconds=5.0, on_shutdown="pause")
     yield RunningTrainer(server, server.address, home, store_root)
     server.stop(grace_seconds=2.0)
 

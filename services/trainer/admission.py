@@ -27,7 +27,7 @@ def admit(spec: TrainingSpec, store: CheckpointStore, datasets: DatasetRegistry)
     if spec.method == "evaluate":
         _admit_evaluation(spec, store)
     elif definition.needs_base_model:
-        spec.base_model_id = _trainable_base(store, spec.base_model_id, definition).id
+        spec.base_model_id = trainable_base(store, spec.base_model_id, definition).id
     for reference in definition.references(spec.method_spec) if definition.references else []:
         _check_reference(store, reference)
     spec.dataset = _dataset_file(datasets, spec.dataset.dataset_id, "dataset_id")
@@ -36,7 +36,9 @@ def admit(spec: TrainingSpec, store: CheckpointStore, datasets: DatasetRegistry)
     return spec
 
 
-def _trainable_base(store: CheckpointStore, base_model_id: str, definition: MethodDefinition) -> Manifest:
+def trainable_base(store: CheckpointStore, base_model_id: str, definition: MethodDefinition) -> Manifest:
+    """The store entry a `definition` job may train (also what DescribeDataset tokenizes with). Raises
+    NotFound (base_model_id) or FailedPrecondition (an adapter, a reward model, no chat template)."""
     base = store.get(base_model_id, "base_model_id")
     if base.kind is EntryKind.ADAPTER:
         raise FailedPrecondition(f"base_model_id: {base.id!r} is a LoRA adapter, not a model; train on its base "

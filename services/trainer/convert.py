@@ -15,6 +15,7 @@ from services.common.errors import InvalidArgument, Violation
 from services.common.store import Manifest
 from services.trainer import methods
 from services.trainer.data import DatasetFormat, FileFormat, ValidationResult
+from services.trainer.data.stats import DatasetStats
 from services.trainer.datasets import StoredDataset
 from services.trainer.jobdb import ErrorInfo, Event, Job, JobState
 from services.trainer.methods.definition import RequestChecks, enum_choice, optional
@@ -23,6 +24,8 @@ from services.trainer.spec import AdapterSpec, DatasetFile, EvalSpec, Hyperparam
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Full-state checkpoint interval when the request's checkpoints.every_steps is 0 (only the final entry).
+DEFAULT_STATE_EVERY_STEPS = 50
 
 _JOB_STATES = {state: getattr(trainer_pb2, f"JOB_STATE_{state.value}") for state in JobState}
 _DATASET_FORMATS = {fmt: getattr(trainer_pb2, f"DATASET_FORMAT_{fmt.name}") for fmt in DatasetFormat}
@@ -143,7 +146,11 @@ def spec_from_request(request: trainer_pb2.StartTrainingRequest, *, gpu: bool) -
     adapter = _adapter(request.adapter, checks, definition.default_adapter)
     hyper = _hyperparameters(request.hyperparameters, adapter, gpu, checks)
     evaluation = _eval_spec(request.eval, checks)
-    checks.in_range(request.checkpoints.every_steps, "checkpoints.every_steps", 0, 10_000_000)
+    policy = request.checkpoints
+    checks.in_range(policy.every_steps, "checkpoints.every_steps", 0, 10_000_000)
+    checks.in_range(policy.keep_last, "checkpoints.keep_last", 0, 1000)
+    if policy.HasField("max_restarts"):
+        checks.in_range(policy.max_restarts, "checkpoints.max_restarts", 0, 100)
     if definition.needs_base_model:
         checks.require(bool(request.base_model_id), "base_model_id", "empty",
                        "name a model from the checkpoint store (`lmforge checkpoints`)")
@@ -153,7 +160,10 @@ def spec_from_request(request: trainer_pb2.StartTrainingRequest, *, gpu: bool) -
         job_id="", method=method, base_model_id=request.base_model_id, dataset=_unresolved(request.dataset_id),
         eval_dataset=_unresolved(evaluation.eval_dataset_id) if evaluation.eval_dataset_id else None,
         method_spec=definition.from_proto(getattr(request, method), checks), adapter=adapter,
-        hyperparameters=hyper, eval=evaluation, save_every_steps=request.checkpoints.every_steps)
+        hyperparameters=hyper, eval=evaluation, save_every_steps=policy.every_steps,
+        state_every_steps=policy.every_steps or DEFAULT_STATE_EVERY_STEPS, keep_last=policy.keep_last or 2,
+        keep_state_after_success=policy.keep_after_success,
+        max_restarts=policy.max_restarts if policy.HasField("max_restarts") else None)
     if definition.check is not None:
         definition.check(spec, checks)
     checks.raise_if_any()
@@ -206,12 +216,12 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
         finished_at=timestamp(job.finished_at), current_step=job.current_step, total_steps=job.total_steps,
         latest_metrics=job.latest_metrics, checkpoint_ids=job.checkpoint_ids,
         result_checkpoint_id=job.result_checkpoint_id, error=error_to_proto(job.error), device=job.device,
-        last_sequence=job.last_sequence)
+        last_sequence=job.last_sequence, attempt=job.attempt, restarts=job.restarts)
 
 
 def event_to_proto(event: Event) -> trainer_pb2.TrainingEvent:
     proto = trainer_pb2.TrainingEvent(sequence=event.sequence, job_id=event.job_id, time=timestamp(event.time),
-                                      step=event.step)
+                                      step=event.step, attempt=event.attempt)
     data = event.data
     if event.kind == "metrics":
         proto.metrics.CopyFrom(trainer_pb2.MetricsEvent(phase=data.get("phase", "train"), values=data["values"],
@@ -223,6 +233,9 @@ def event_to_proto(event: Event) -> trainer_pb2.TrainingEvent:
             error=error_to_proto(ErrorInfo(**error)) if error else None))
     elif event.kind == "checkpoint":
         proto.checkpoint_saved.checkpoint.CopyFrom(manifest_to_proto(Manifest.from_json_dict(data)))
+    elif event.kind == "resumed":
+        proto.resumed.CopyFrom(trainer_pb2.ResumedEvent(attempt=int(data["attempt"]), from_step=int(data["from_step"]),
+                                                        reason=data.get("reason", "")))
     elif event.kind == "rollouts":
         proto.rollouts.CopyFrom(trainer_pb2.RolloutSamplesEvent(round=int(data.get("round", 0)), samples=[
             trainer_pb2.RolloutSample(prompt=sample["prompt"], completions=[
@@ -256,3 +269,24 @@ def validation_to_proto(result: ValidationResult) -> trainer_pb2.ValidationRepor
         ok=result.ok, format=_DATASET_FORMATS[result.format], total_rows=result.total_rows,
         valid_rows=result.valid_rows, bad_rows=result.bad_rows, truncated=result.truncated,
         violations=[common_pb2.FieldViolation(**v.to_dict()) for v in result.violations])
+
+
+def dataset_stats_to_proto(stats: DatasetStats, *, dataset_id: str, base_model_id: str,
+                           method: str) -> trainer_pb2.DatasetStats:
+    """DescribeDataset's answer (the request's ids and method echoed, as the job would use them)."""
+    languages = [trainer_pb2.LanguageTokenStats(
+        language=s.language, texts=s.texts, characters=s.characters, words=s.words, tokens=s.tokens,
+        characters_per_token=s.chars_per_token, tokens_per_word=s.tokens_per_word)
+        for s in stats.languages.values() if s.texts]
+    return trainer_pb2.DatasetStats(
+        dataset_id=dataset_id, base_model_id=base_model_id, method=method, format=_DATASET_FORMATS[stats.format],
+        rows=stats.rows, invalid_rows=stats.invalid_rows, sequences=stats.sequences,
+        total_tokens=stats.total_tokens, trained_tokens=stats.trained_tokens, max_seq_length=stats.max_seq_length,
+        truncated_sequences=stats.truncated_sequences, truncated_tokens=stats.truncated_tokens,
+        trained_tokens_after_truncation=stats.trained_tokens_after_truncation,
+        dropped_sequences=stats.dropped_sequences, duplicate_rows=stats.duplicate_rows,
+        p50_tokens=stats.percentiles[50], p90_tokens=stats.percentiles[90], p99_tokens=stats.percentiles[99],
+        max_tokens=stats.max_tokens, mean_tokens=stats.mean_tokens, histogram_edges=stats.histogram_edges,
+        histogram_counts=stats.histogram_counts, languages=languages, epochs=stats.epochs,
+        estimated_trained_tokens=stats.estimated_trained_tokens, packed=stats.packed, notes=stats.notes,
+        seconds=stats.seconds, rows_per_second=stats.rows_per_second)

@@ -23,10 +23,16 @@ class JobState(str, Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    PAUSED = "PAUSED"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+        """Nothing runs and nothing will unless someone calls ResumeJob (PAUSED included)."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PAUSED)
+
+    @property
+    def resumable(self) -> bool:
+        return self in (JobState.FAILED, JobState.CANCELLED, JobState.PAUSED)
 
 
 @dataclass
@@ -57,6 +63,16 @@ class Job:
     error: ErrorInfo | None = None
     device: str = ""
     last_sequence: int = 0
+    attempt: int = 1
+    restarts: int = 0
+    # "pause" or "cancel" while a stop asked of the running worker is under way ("" otherwise).
+    stop_request: str = ""
+    # The running attempt's worker: {"pid", "create_time", "token", "attempt"} (see workers.WorkerProcess).
+    worker: dict = field(default_factory=dict)
+    # Lines of the running attempt's event journal already turned into events.
+    journal_lines: int = 0
+    # Why the next attempt runs (told to the worker, which reports it in its `resumed` event).
+    resume_reason: str = ""
 
 
 @dataclass
@@ -65,8 +81,9 @@ class Event:
     sequence: int
     time: float
     step: int
-    kind: str  # metrics | state | checkpoint | log | rollouts
+    kind: str  # metrics | state | checkpoint | log | rollouts | resumed
     data: dict
+    attempt: int = 1
 
 
 _SCHEMA = """
@@ -103,7 +120,15 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 """
 
-_JSON_COLUMNS = {"latest_metrics", "checkpoint_ids"}
+# Columns added after the first release: a database from then gets them on open (nothing stored is lost).
+_ADDED_COLUMNS = {
+    "jobs": {"attempt": "INTEGER NOT NULL DEFAULT 1", "restarts": "INTEGER NOT NULL DEFAULT 0",
+             "stop_request": "TEXT NOT NULL DEFAULT ''", "worker": "TEXT NOT NULL DEFAULT '{}'",
+             "journal_lines": "INTEGER NOT NULL DEFAULT 0", "resume_reason": "TEXT NOT NULL DEFAULT ''"},
+    "events": {"attempt": "INTEGER NOT NULL DEFAULT 1"},
+}
+
+_JSON_COLUMNS = {"latest_metrics", "checkpoint_ids", "worker"}
 
 
 class JobDB:
@@ -116,6 +141,11 @@ class JobDB:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                present = {row["name"] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in columns.items():
+                    if name not in present:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -192,17 +222,21 @@ class JobDB:
 
     def append_event(self, job_id: str, kind: str, data: dict, step: int = 0, at: float | None = None,
                      **job_fields) -> Event:
-        """Append the job's next event and apply `job_fields` to the job, in one transaction."""
+        """Append the job's next event (of its current attempt) and apply `job_fields` to the job, in one
+        transaction: a journal position stored with the event it produced is never ahead or behind it."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                sequence = self._conn.execute(
-                    "SELECT last_sequence FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] + 1
-                event = Event(job_id, sequence, at if at is not None else time.time(), step, kind, data)
+                sequence, attempt = self._conn.execute(
+                    "SELECT last_sequence, attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                attempt = job_fields.get("attempt", attempt)
+                event = Event(job_id, sequence + 1, at if at is not None else time.time(), step, kind, data, attempt)
                 self._conn.execute(
-                    "INSERT INTO events (job_id, sequence, time, step, kind, data) VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, sequence, event.time, step, kind, json.dumps(data, ensure_ascii=False)),
+                    "INSERT INTO events (job_id, sequence, time, step, kind, data, attempt)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, event.sequence, event.time, step, kind, json.dumps(data, ensure_ascii=False), attempt),
                 )
+                sequence = event.sequence
                 self.update_job(job_id, last_sequence=sequence, **job_fields)
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -216,5 +250,5 @@ class JobDB:
                 "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
                 (job_id, after_sequence, limit),
             ).fetchall()
-        return [Event(r["job_id"], r["sequence"], r["time"], r["step"], r["kind"], json.loads(r["data"]))
+        return [Event(r["job_id"], r["sequence"], r["time"], r["step"], r["kind"], json.loads(r["data"]), r["attempt"])
                 for r in rows]

@@ -3,8 +3,12 @@
     lmforge-trainer --port 50051                     # state in $LMFORGE_HOME (default .lmforge)
     lmforge-trainer --port 0 --slots 2               # any free port; two concurrent CPU jobs
 
-Prints `lmforge-trainer listening on HOST:PORT` once it serves. SIGTERM/SIGINT drain in-flight calls,
-stop running workers (their jobs fail with a message saying why) and exit.
+    lmforge-trainer --on-shutdown pause --max-restarts 3
+
+Prints `lmforge-trainer listening on HOST:PORT` once it serves. SIGTERM/SIGINT drain in-flight calls and
+exit; running workers keep running (`--on-shutdown detach`, the default: the next server started on the
+same state directory re-adopts them) or save their full state and stop (`--on-shutdown pause`; their
+jobs are PAUSED and ResumeJob continues them). Only one server may use a state directory at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from services.common.grpc_server import ServerHandle, start_server, wait_for_shu
 from services.common.logging import configure_logging, get_logger
 from services.common.store import CheckpointStore
 from services.trainer.datasets import DatasetRegistry
-from services.trainer.jobs import JobManager, ManagerConfig, detect_devices
+from services.trainer.jobs import SHUTDOWN_MODES, JobManager, ManagerConfig, StateDirectoryLocked, detect_devices
 from services.trainer.servicer import TrainerServicer
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -34,7 +38,8 @@ class TrainerServer:
     """The assembled service; tests build one in-process on port 0."""
 
     def __init__(self, home: Path, store_root: Path, *, host: str = "127.0.0.1", port: int = 0,
-                 slots: int = 0, cancel_grace_seconds: float = 10.0):
+                 slots: int = 0, cancel_grace_seconds: float = 10.0, max_restarts: int = 2,
+                 on_shutdown: str = "detach"):
         devices = detect_devices()
         if slots and devices == ["cpu"]:
             devices = ["cpu"] * slots
@@ -43,7 +48,8 @@ class TrainerServer:
         self.store = CheckpointStore(store_root)
         self.datasets = DatasetRegistry(home / "datasets")
         self.jobs = JobManager(ManagerConfig(home=home, store_root=self.store.root, devices=devices,
-                                             cancel_grace_seconds=cancel_grace_seconds))
+                                             cancel_grace_seconds=cancel_grace_seconds, max_restarts=max_restarts,
+                                             on_shutdown=on_shutdown))
         servicer = TrainerServicer(self.jobs, self.store, self.datasets, gpu=devices[0] != "cpu")
         self.handle: ServerHandle = start_server(
             lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
@@ -72,12 +78,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrent jobs (default: one per visible GPU, or 1 on CPU)")
     parser.add_argument("--cancel-grace", type=float, default=10.0,
                         help="seconds a cancelled worker gets to stop before SIGKILL")
+    parser.add_argument("--max-restarts", type=int, default=2,
+                        help="automatic restarts of a job whose worker died (a job's request may override it)")
+    parser.add_argument("--on-shutdown", choices=SHUTDOWN_MODES, default="detach",
+                        help="detach: leave running workers to the next server (default); pause: save their "
+                             "full state and stop them")
     args = parser.parse_args(argv)
     configure_logging()
     home = args.home or lmforge_home() / "trainer"
     store = args.store or Path(os.environ.get("LMFORGE_STORE", lmforge_home() / "store"))
-    server = TrainerServer(home, store, host=args.host, port=args.port, slots=args.slots,
-                           cancel_grace_seconds=args.cancel_grace)
+    try:
+        server = TrainerServer(home, store, host=args.host, port=args.port, slots=args.slots,
+                               cancel_grace_seconds=args.cancel_grace, max_restarts=args.max_restarts,
+                               on_shutdown=args.on_shutdown)
+    except StateDirectoryLocked as exc:
+        print(f"lmforge-trainer: {exc.message}", file=sys.stderr)
+        return 1
     print(f"lmforge-trainer listening on {server.address}", flush=True)
     wait_for_shutdown_signal()
     log.info("shutting down")

@@ -10,12 +10,13 @@ import json
 
 from lmforge.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common.convert import entry_kind_from_proto, manifest_to_proto
-from services.common.errors import InvalidArgument, Violation
+from services.common.errors import AlreadyExists, InvalidArgument, Violation
 from services.common.grpc_server import translate_errors
 from services.common.store import CheckpointStore
 from services.trainer import admission, convert, methods
 from services.trainer.data import validate_file
 from services.trainer.datasets import DatasetRegistry
+from services.trainer.describe import describe_dataset
 from services.trainer.jobs import JobManager
 
 MAX_PAGE_SIZE = 500
@@ -55,6 +56,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if request.request_id:
             existing = self.jobs.db.job_by_request_id(request.request_id)
             if existing:
+                if type(request).FromString(existing.request_blob) != request:
+                    raise AlreadyExists(
+                        f"request_id: {request.request_id!r} was already used by job {existing.id} for a different "
+                        "request; send the same request to get that job back, or use a new request_id")
                 return convert.job_to_proto(existing)
         spec = admission.admit(make_spec(), self.store, self.datasets)
         job = self.jobs.submit(spec, request_id=request.request_id, display_name=request.display_name,
@@ -67,6 +72,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     @translate_errors
     def ListJobs(self, request, context):
+        if request.page_size < 0:
+            raise InvalidArgument("page_size: must be >= 0", [Violation(0, "page_size", f"{request.page_size} is negative",
+                                                                       f"ask for 1 to {MAX_PAGE_SIZE} jobs, or 0 for 50")])
         page_size = min(request.page_size or 50, MAX_PAGE_SIZE)
         states = [convert.job_state_from_proto(s) for s in request.states]
         before = _decode_page_token(request.page_token) if request.page_token else None
@@ -78,6 +86,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     @translate_errors
     def CancelJob(self, request, context):
         return convert.job_to_proto(self.jobs.cancel(request.job_id))
+
+    @translate_errors
+    def PauseJob(self, request, context):
+        return convert.job_to_proto(self.jobs.pause(request.job_id))
+
+    @translate_errors
+    def ResumeJob(self, request, context):
+        return convert.job_to_proto(self.jobs.resume(request.job_id))
 
     @translate_errors
     def StreamMetrics(self, request, context):
@@ -118,9 +134,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     @translate_errors
     def ValidateDataset(self, request, context):
+        if request.max_violations < 0:
+            raise InvalidArgument("max_violations: must be >= 0", [Violation(
+                0, "max_violations", f"{request.max_violations} is negative", "ask for 1 or more, or 0 for 1000")])
         stored = self.datasets.get(request.dataset_id)
         method = request.method or "sft"
         result = validate_file(stored.path, stored.file_format, methods.formats_for(method),
                                convert.dataset_format_from_proto(request.format),
                                max_violations=request.max_violations or 1000, method=method)
         return convert.validation_to_proto(result)
+
+    @translate_errors
+    def DescribeDataset(self, request, context):
+        stats = describe_dataset(self.store, self.datasets, dataset_id=request.dataset_id,
+                                 base_model_id=request.base_model_id, method=request.method,
+                                 max_seq_length=request.max_seq_length, epochs=request.epochs)
+        return convert.dataset_stats_to_proto(stats, dataset_id=request.dataset_id,
+                                              base_model_id=request.base_model_id, method=request.method or "sft")

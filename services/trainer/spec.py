@@ -101,6 +101,12 @@ class TrainingSpec:
     eval_dataset: DatasetFile | None = None
     save_every_steps: int = 0
     store_root: str = ""
+    # Full-state checkpoints (what resuming needs) every N optimizer steps, the newest `keep_last` kept.
+    state_every_steps: int = 50
+    keep_last: int = 2
+    keep_state_after_success: bool = False
+    # Automatic restarts after a worker death; None = the server's default.
+    max_restarts: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)

@@ -132,14 +132,18 @@ def test_cancel_stops_the_worker_and_keeps_saved_checkpoints(trainer_client, tin
 
 def test_killed_worker_fails_the_job_and_the_server_keeps_serving(trainer_client, tiny_model_id, demo_dataset_id,
                                                                   trainer_server):
-    job = trainer_client.start_training(sft_request(tiny_model_id, demo_dataset_id, max_steps=100_000))
+    """With automatic restarts off (checkpoints.max_restarts = 0) a killed worker fails its job, saying
+    why; test_trainer_restart.py covers the default, where the job resumes by itself."""
+    request = sft_request(tiny_model_id, demo_dataset_id, max_steps=100_000)
+    request["checkpoints"]["max_restarts"] = 0
+    job = trainer_client.start_training(request)
     for event in trainer_client.stream_metrics(job.id, follow=True):
         if event.WhichOneof("payload") == "metrics":
             break
     os.kill(trainer_server.jobs.worker_pid(job.id), signal.SIGKILL)
     final = trainer_client.wait(job.id)
     assert final.state == trainer_pb2.JOB_STATE_FAILED
-    assert "SIGKILL" in final.error.message
+    assert "SIGKILL" in final.error.message and "automatic restarts are off" in final.error.message
     assert "'loss'" in final.error.log_tail, "the tail of the worker's log comes with the failure"
 
     # The server is unharmed: health says SERVING and the next job runs to the end.

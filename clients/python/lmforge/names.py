@@ -6,8 +6,11 @@ from typing import Any
 
 from lmforge.v1 import common_pb2, trainer_pb2
 
+# States a job stays in until someone acts: the three ends, and PAUSED (ResumeJob continues a PAUSED,
+# FAILED or CANCELLED job as its next attempt).
 TERMINAL_STATES = frozenset(
-    {trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED}
+    {trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED,
+     trainer_pb2.JOB_STATE_PAUSED}
 )
 
 

@@ -23,8 +23,8 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 # request_id (which start_training and evaluate always fill) and CancelJob on a cancelled job is a no-op.
 # StreamMetrics resumes by hand (from the last sequence seen) and UploadDataset is not retried (it streams a
 # whole file).
-_RETRIED_METHODS = ("StartTraining", "Evaluate", "GetJob", "ListJobs", "CancelJob", "ListCheckpoints",
-                    "ListDatasets", "ValidateDataset")
+_RETRIED_METHODS = ("StartTraining", "Evaluate", "GetJob", "ListJobs", "CancelJob", "PauseJob", "ListCheckpoints",
+                    "ListDatasets", "ValidateDataset", "DescribeDataset")
 
 
 _SERVICE_CONFIG = retry_service_config("lmforge.v1.TrainerService", _RETRIED_METHODS)
@@ -161,6 +161,17 @@ class TrainerClient(ServiceClient):
     def cancel_job(self, job_id: str) -> trainer_pb2.Job:
         return self._stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout)
 
+    def pause_job(self, job_id: str) -> trainer_pb2.Job:
+        """Pause a QUEUED or RUNNING job: a running worker saves its full state at the next step and stops
+        (PAUSED, its device slot freed). Returns the job once it stopped. FAILED_PRECONDITION otherwise."""
+        return self._stub.PauseJob(trainer_pb2.PauseJobRequest(job_id=job_id), timeout=self.timeout)
+
+    def resume_job(self, job_id: str) -> trainer_pb2.Job:
+        """Queue a PAUSED, FAILED or CANCELLED job again as its next attempt, continuing from its last
+        full-state checkpoint. FAILED_PRECONDITION for a job that succeeded or is still active. Not
+        retried: a second call after a lost answer would find the job active and fail."""
+        return self._stub.ResumeJob(trainer_pb2.ResumeJobRequest(job_id=job_id), timeout=self.timeout)
+
     def stream_metrics(
         self,
         job_id: str,
@@ -221,7 +232,7 @@ class TrainerClient(ServiceClient):
             delay = min(delay * 2, 5.0)
 
     def wait(self, job_id: str) -> trainer_pb2.Job:
-        """Block until the job reaches SUCCEEDED, FAILED or CANCELLED and return its final state."""
+        """Block until the job reaches SUCCEEDED, FAILED, CANCELLED or PAUSED and return it."""
         for _ in self.stream_metrics(job_id, follow=True):
             pass
         job = self.get_job(job_id)
@@ -269,6 +280,20 @@ class TrainerClient(ServiceClient):
             max_violations=max_violations,
         )
         return self._stub.ValidateDataset(request, timeout=self.timeout)
+
+    def describe_dataset(
+        self, dataset_id: str, base_model_id: str, max_seq_length: int, method: str = "sft", epochs: int = 1,
+        timeout: float | None = None,
+    ) -> trainer_pb2.DatasetStats:
+        """The token calculator: a stored dataset's token statistics for `method`, rendered with
+        `base_model_id`'s tokenizer and chat template (rows, total and trained tokens, length percentiles and
+        histogram, truncation at `max_seq_length`, duplicates, per-language characters per token, and the
+        trained tokens over `epochs`). The server streams the whole file, so a large one may need a longer
+        `timeout` than the client's default. Raises grpc.RpcError: NOT_FOUND for an unknown dataset or
+        model, INVALID_ARGUMENT for a bad method, max_seq_length or epochs."""
+        request = trainer_pb2.DescribeDatasetRequest(dataset_id=dataset_id, base_model_id=base_model_id,
+                                                     method=method, max_seq_length=max_seq_length, epochs=epochs)
+        return self._stub.DescribeDataset(request, timeout=timeout or self.timeout)
 
     # -- checkpoints
 

@@ -70,7 +70,8 @@ class MetricsCallback(TrainerCallback):
 
 
 class StopCallback(TrainerCallback):
-    """Stops training at the next step boundary once the job was cancelled."""
+    """Stops training at the next optimizer-step boundary once the job was asked to stop (pause or
+    cancel), saving the full state of that step first so that ResumeJob continues from it."""
 
     def __init__(self, ctx: RecipeContext):
         self.ctx = ctx
@@ -78,10 +79,18 @@ class StopCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.ctx.should_stop():
             control.should_training_stop = True
-            control.should_save = False
+            control.should_save = True
             control.should_evaluate = False
 
-    on_substep_end = on_step_end
+
+class FullStateCallback(TrainerCallback):
+    """Tells the context when a full-state checkpoint is on disk (the tests' fault-injection point)."""
+
+    def __init__(self, ctx: RecipeContext):
+        self.ctx = ctx
+
+    def on_save(self, args, state, control, **kwargs):
+        self.ctx.full_state_saved(state.global_step)
 
 
 class StoreCheckpointer:
@@ -108,12 +117,18 @@ class StoreCheckpointer:
         if step in self.saved and not is_final:
             return self.saved[step]
         spec = self.ctx.spec
+        entry_id = self.ctx.store.job_checkpoint_id(spec.job_id, step, is_final=is_final)
+        if self.ctx.store.exists(entry_id):
+            # An earlier attempt saved this step before it was interrupted; a resumed run reproduces the
+            # same weights, and store entries are immutable, so the entry stands (its event was sent).
+            self.saved[step] = self.ctx.store.get(entry_id)
+            return self.saved[step]
         if self.merge_peft and hasattr(model, "merge_and_unload"):
             model = (model if is_final else copy.deepcopy(model)).merge_and_unload()
         is_adapter = self.kind is EntryKind.ADAPTER
         dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
         manifest = Manifest(
-            id=self.ctx.store.job_checkpoint_id(spec.job_id, step, is_final=is_final),
+            id=entry_id,
             kind=self.kind,
             base_model_id=spec.base_model_id, method=spec.method, job_id=spec.job_id, step=step,
             metrics={k: v for k, v in self.metrics.latest.items() if k not in ("progress", "eta_seconds")},
@@ -200,7 +215,8 @@ def standard_callbacks(ctx: RecipeContext, tokenizer, *, kind: EntryKind | None 
     stopping when the job evaluates. Returns the checkpointer for `finish_training`."""
     metrics = MetricsCallback(ctx)
     checkpointer = StoreCheckpointer(ctx, tokenizer, metrics, kind=kind, merge_peft=merge_peft)
-    callbacks = [metrics, StopCallback(ctx), PeriodicCheckpointCallback(checkpointer, ctx.spec.save_every_steps)]
+    callbacks = [metrics, StopCallback(ctx), FullStateCallback(ctx),
+                 PeriodicCheckpointCallback(checkpointer, ctx.spec.save_every_steps)]
     evaluation = ctx.spec.eval
     if evaluation.split_ratio > 0 or ctx.spec.eval_dataset is not None:
         callbacks.append(BestCheckpointCallback(checkpointer, evaluation))
@@ -213,10 +229,13 @@ def standard_callbacks(ctx: RecipeContext, tokenizer, *, kind: EntryKind | None 
 def finish_training(ctx: RecipeContext, trainer, checkpointer: StoreCheckpointer, *, evaluate: bool) -> str:
     """Train, evaluate at the end (unless that step was just evaluated), save the final checkpoint, mark the best; returns its id.
 
-    Raises Cancelled if the job was cancelled. Logs when early stopping ended training."""
-    from services.trainer.training.context import Cancelled
+    Resumes from the newest full-state checkpoint in the trainer's output_dir when an earlier attempt left
+    one. Raises Cancelled if the job was asked to stop. Logs when early stopping ended training."""
+    from services.trainer.training.context import Cancelled, latest_full_state
 
-    trainer.train()
+    resume_from = latest_full_state(Path(trainer.args.output_dir))
+    ctx.report_resume(_checkpoint_step(resume_from) if resume_from else 0)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if ctx.should_stop():
         raise Cancelled()
     step = trainer.state.global_step
@@ -235,3 +254,7 @@ def finish_training(ctx: RecipeContext, trainer, checkpointer: StoreCheckpointer
             ctx.log(f"best checkpoint: {best_id} ({best.metric} {best.best_value:.4g} at step {best.best_step})",
                     step=step)
     return final.id
+
+
+def _checkpoint_step(checkpoint_dir: Path) -> int:
+    return int(checkpoint_dir.name.rsplit("-", 1)[1])

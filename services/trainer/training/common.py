@@ -16,14 +16,19 @@ from services.trainer.spec import DatasetFile, TrainingSpec
 def training_arguments(spec: TrainingSpec, output_dir: str, device: str, has_eval: bool) -> dict:
     """transformers.TrainingArguments keyword arguments from the spec's hyperparameters and eval policy.
 
-    Checkpoints go to the store through our callbacks, never to output_dir (save_strategy "no"). With
-    evaluation, metric_for_best_model / greater_is_better are set so early stopping can use them.
+    The trainer's own checkpoints in output_dir are the job's full state (weights, optimizer, scheduler,
+    RNG, data position) that a later attempt resumes from: every `spec.state_every_steps`, the newest
+    `spec.keep_last` kept (plus the best, when evaluating). The user-facing checkpoints go to the store
+    through our callbacks. With evaluation, metric_for_best_model / greater_is_better are set so early
+    stopping can use them.
     """
     hyper = spec.hyperparameters
     precision = resolve_precision(hyper, spec.adapter, device)
     kwargs = dict(
         output_dir=output_dir,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=spec.state_every_steps,
+        save_total_limit=max(1, spec.keep_last),
         report_to=[],
         disable_tqdm=True,
         logging_steps=hyper.logging_steps,
