@@ -3,7 +3,8 @@
  * Node client of the lmforge trainer service. Loads protos/lmforge/v1/trainer.proto at run time with
  * @grpc/proto-loader (no generated code): field names are lowerCamelCase (baseModelId, afterSequence),
  * int64 values are strings, enums are their names ("JOB_STATE_SUCCEEDED"), and a oneof's set field is
- * named by its oneof (event.payload === "metrics" | "stateChange" | "checkpointSaved" | "log").
+ * named by its oneof (event.payload === "metrics" | "stateChange" | "checkpointSaved" | "log" | "rollouts" |
+ * "resumed").
  *
  *   const { trainerClient } = require('@lmforge/client');
  *   const client = trainerClient('127.0.0.1:50051');
@@ -51,9 +52,11 @@ function trainerClient(address = '127.0.0.1:50051', credentials = grpc.credentia
   });
 }
 
-const TERMINAL_STATES = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
+// States a job stays in until someone acts: the three ends, and PAUSED (ResumeJob continues a PAUSED,
+// FAILED or CANCELLED job as its next attempt: client.ResumeJob({ jobId }, cb); client.PauseJob likewise).
+const TERMINAL_STATES = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED', 'JOB_STATE_PAUSED']);
 
-/** True for JOB_STATE_SUCCEEDED, JOB_STATE_FAILED and JOB_STATE_CANCELLED. */
+/** True for JOB_STATE_SUCCEEDED, JOB_STATE_FAILED, JOB_STATE_CANCELLED and JOB_STATE_PAUSED. */
 function isTerminal(state) {
   return TERMINAL_STATES.has(state);
 }

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from lmforge.v1 import trainer_pb2
+from tests.helpers import sft_request
+
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN = ROOT / "examples" / "data" / "sft_broken.jsonl"
 NODE_DIR = ROOT / "clients" / "node"
@@ -113,6 +116,53 @@ def test_cli_errors_exit_2_with_the_status_code(trainer_server):
     assert result.stderr.startswith("error: NOT_FOUND: "), _explain(result)
 
 
+def test_cli_datasets_stats(trainer_server, trainer_client, tiny_model_id):
+    """`lmforge datasets stats FILE --base-model M --max-seq-length N --epochs E` (README, docs/trainer.md):
+    uploads the file, prints the report; --json prints exactly what DescribeDataset returns."""
+    demo = ROOT / "examples" / "data" / "sft_demo.jsonl"
+    args = ("datasets", "stats", str(demo.relative_to(ROOT)), "--base-model", tiny_model_id,
+            "--max-seq-length", "64", "--method", "sft", "--epochs", "2")
+    result = lmforge(trainer_server, *args)
+    assert result.returncode == 0, _explain(result)
+    expected = trainer_client.describe_dataset(trainer_client.upload_dataset(demo).id, tiny_model_id, 64,
+                                               method="sft", epochs=2)
+    assert f"tokens      {expected.total_tokens:,} total, {expected.trained_tokens:,} trained" in result.stdout
+    assert f"epochs      2 -> {expected.estimated_trained_tokens:,} trained tokens" in result.stdout
+    assert re.search(r"^zh +\d+ texts: [\d.]+ characters/token", result.stdout, re.MULTILINE), _explain(result)
+    assert re.search(r"^en +\d+ texts: [\d.]+ characters/token", result.stdout, re.MULTILINE), _explain(result)
+    as_json = lmforge(trainer_server, "--json", *args)
+    assert as_json.returncode == 0, _explain(as_json)
+    got = json.loads(as_json.stdout)
+    assert int(got["total_tokens"]) == expected.total_tokens and int(got["rows"]) == expected.rows == 64
+    assert int(got["truncated_sequences"]) == expected.truncated_sequences
+
+    bad = lmforge(trainer_server, "datasets", "stats", expected.dataset_id, "--base-model", tiny_model_id,
+                  "--max-seq-length", "0")
+    assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "max_seq_length" in bad.stderr, _explain(bad)
+
+    pairs = trainer_client.upload_dataset(ROOT / "examples" / "data" / "preference_demo.jsonl").id
+    dpo = lmforge(trainer_server, "datasets", "stats", pairs, "--base-model", tiny_model_id, "--max-seq-length", "512",
+                  "--method", "dpo", "--json")
+    assert dpo.returncode == 0, _explain(dpo)
+    got = json.loads(dpo.stdout)
+    assert got["method"] == "dpo" and int(got["sequences"]) == 2 * int(got["rows"]) > 0, _explain(dpo)
+
+
+def test_cli_jobs_pause_and_resume(trainer_server, trainer_client, tiny_model_id, demo_dataset_id):
+    """`lmforge jobs pause JOB` and `lmforge jobs resume JOB` (README, docs/trainer.md)."""
+    job = trainer_client.start_training(sft_request(tiny_model_id, demo_dataset_id, max_steps=100_000))
+    for event in trainer_client.stream_metrics(job.id, follow=True):
+        if event.WhichOneof("payload") == "metrics":
+            break
+    paused = lmforge(trainer_server, "jobs", "pause", job.id)
+    assert paused.returncode == 0 and paused.stdout.strip() == f"{job.id}: PAUSED", _explain(paused)
+    resumed = lmforge(trainer_server, "jobs", "resume", job.id)
+    assert resumed.returncode == 0 and resumed.stdout.strip() == f"{job.id}: QUEUED (attempt 2)", _explain(resumed)
+    again = lmforge(trainer_server, "jobs", "resume", job.id)
+    assert again.returncode == 2 and again.stderr.startswith("error: FAILED_PRECONDITION: "), _explain(again)
+    assert trainer_client.cancel_job(job.id).state == trainer_pb2.JOB_STATE_CANCELLED
+
+
 # ----------------------------------------------------------------------------------------------- Node
 
 
@@ -137,3 +187,59 @@ def test_node_client_trains_and_streams_gap_free(trainer_server, tiny_model_id, 
     assert {"metrics", "state", "checkpoint"} <= kinds, kinds
     assert events[-1]["kind"] == "state" and events[-1]["state"] == "SUCCEEDED", events[-1]
     assert "result checkpoint:" in result.stderr
+
+
+NODE_DESCRIBE = """
+const { trainerClient } = require(process.argv[1]);
+const [address, datasetId, baseModelId] = process.argv.slice(2);
+trainerClient(address).DescribeDataset({ datasetId, baseModelId, maxSeqLength: 64, epochs: 2 }, (err, stats) => {
+  if (err) { console.error(err.details); process.exit(1); }
+  console.log(JSON.stringify(stats));
+});
+"""
+
+
+def test_node_client_describes_a_dataset(trainer_server, trainer_client, tiny_model_id, demo_dataset_id):
+    """DescribeDataset is a read call: the Node client reaches it like every RPC (no per-call wrapper)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not on PATH")
+    if not (NODE_DIR / "node_modules").is_dir():
+        pytest.skip("clients/node/node_modules is missing: run `cd clients/node && npm install`")
+    result = subprocess.run([node, "-e", NODE_DESCRIBE, str(NODE_DIR / "index.js"), trainer_server.address,
+                             demo_dataset_id, tiny_model_id], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, _explain(result)
+    stats = json.loads(result.stdout)
+    expected = trainer_client.describe_dataset(demo_dataset_id, tiny_model_id, 64, epochs=2)
+    assert int(stats["totalTokens"]) == expected.total_tokens and stats["format"] == "DATASET_FORMAT_MESSAGES"
+    assert int(stats["estimatedTrainedTokens"]) == expected.estimated_trained_tokens
+
+
+NODE_PAUSE_RESUME = """
+const { trainerClient, isTerminal, grpc } = require(process.argv[1]);
+const [address, jobId] = process.argv.slice(2);
+const client = trainerClient(address);
+client.ResumeJob({ jobId }, (err) => {
+  if (!err || err.code !== grpc.status.FAILED_PRECONDITION) { console.error('resume:', err); process.exit(1); }
+  client.PauseJob({ jobId: 'job-unknown' }, (err2) => {
+    if (!err2 || err2.code !== grpc.status.NOT_FOUND) { console.error('pause:', err2); process.exit(1); }
+    console.log(JSON.stringify({ paused: isTerminal('JOB_STATE_PAUSED'), resumeError: err.details }));
+  });
+});
+"""
+
+
+def test_node_client_has_pause_and_resume(trainer_server, trainer_client, tiny_model_id, demo_dataset_id):
+    """PauseJob / ResumeJob reach the server from Node; PAUSED counts as a state a follower stops at."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not on PATH")
+    if not (NODE_DIR / "node_modules").is_dir():
+        pytest.skip("clients/node/node_modules is missing: run `cd clients/node && npm install`")
+    done = trainer_client.start_training(sft_request(tiny_model_id, demo_dataset_id, max_steps=1))
+    assert trainer_client.wait(done.id).state == trainer_pb2.JOB_STATE_SUCCEEDED
+    result = subprocess.run([node, "-e", NODE_PAUSE_RESUME, str(NODE_DIR / "index.js"), trainer_server.address, done.id],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, _explain(result)
+    got = json.loads(result.stdout)
+    assert got["paused"] is True and "already succeeded" in got["resumeError"]

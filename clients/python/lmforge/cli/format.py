@@ -308,6 +308,39 @@ def validation_report_lines(report: trainer_pb2.ValidationReport) -> list[str]:
     return lines
 
 
+def dataset_stats_lines(stats: trainer_pb2.DatasetStats, bar_width: int = 30) -> list[str]:
+    """DescribeDataset's answer as a short report: counts, lengths, truncation, epochs, the per-language
+    ratios, a length histogram (one bar per bucket) and the server's notes."""
+    truncated = (f"nothing (text is packed into blocks of {stats.max_seq_length})" if stats.packed else
+                 f"{stats.truncated_sequences:,} sequences over {stats.max_seq_length}, {stats.truncated_tokens:,} "
+                 f"tokens lost; {stats.trained_tokens_after_truncation:,} trained tokens kept")
+    lines = [
+        f"dataset {stats.dataset_id} ({dataset_format_name(stats.format)}) for {stats.method} on {stats.base_model_id}",
+        f"rows        {stats.rows:,} ({stats.invalid_rows:,} invalid, {stats.duplicate_rows:,} duplicates)",
+        f"sequences   {stats.sequences:,}",
+        f"tokens      {stats.total_tokens:,} total, {stats.trained_tokens:,} trained",
+        f"length      p50 {stats.p50_tokens:,}  p90 {stats.p90_tokens:,}  p99 {stats.p99_tokens:,}  "
+        f"max {stats.max_tokens:,}  mean {stats.mean_tokens:.1f}",
+        f"truncated   {truncated}",
+        f"epochs      {stats.epochs} -> {stats.estimated_trained_tokens:,} trained tokens",
+    ]
+    for lang in stats.languages:
+        unit = "Han character" if lang.language == "zh" else "word"
+        lines.append(f"{lang.language:<11} {lang.texts:,} texts: {lang.characters_per_token:.2f} characters/token, "
+                     f"{lang.tokens_per_word:.2f} tokens/{unit}")
+    counts = list(stats.histogram_counts)
+    if counts:
+        lines.append("histogram   tokens per sequence")
+        top = max(counts) or 1
+        edges = list(stats.histogram_edges)
+        for low, high, count in zip(edges, edges[1:], counts):
+            bar = "#" * round(bar_width * count / top)
+            lines.append(f"  ({low:>6}, {high:>6}]  {bar:<{bar_width}} {count:,}")
+    lines.extend(f"note: {note}" for note in stats.notes)
+    lines.append(f"{stats.rows_per_second:,.0f} rows/s ({stats.seconds:.2f} s on the server)")
+    return lines
+
+
 # ------------------------------------------------------------------------- checkpoints and evaluations
 
 # (metric name, short label) of the compact EVAL summary, in order; other metrics are left out of it.

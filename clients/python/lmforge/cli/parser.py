@@ -105,7 +105,7 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
 
 
 def _add_jobs_metrics_checkpoints(sub, common: argparse.ArgumentParser) -> None:
-    jobs = sub.add_parser("jobs", parents=[common], help="list, show or cancel jobs")
+    jobs = sub.add_parser("jobs", parents=[common], help="list, show, cancel, pause or resume jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_cmd", required=True, metavar="ACTION")
     jl = jobs_sub.add_parser("list", parents=[common], help="jobs, newest first")
     jl.add_argument("--state", action="append",
@@ -114,6 +114,12 @@ def _add_jobs_metrics_checkpoints(sub, common: argparse.ArgumentParser) -> None:
     jg.add_argument("job_id")
     jc = jobs_sub.add_parser("cancel", parents=[common], help="stop a job")
     jc.add_argument("job_id")
+    jp = jobs_sub.add_parser("pause", parents=[common],
+                             help="save a running job's full state at the next step and stop it (PAUSED)")
+    jp.add_argument("job_id")
+    jr = jobs_sub.add_parser("resume", parents=[common],
+                             help="continue a PAUSED, FAILED or CANCELLED job from its last full state")
+    jr.add_argument("job_id")
     jobs.set_defaults(func=trainer.cmd_jobs)
 
     metrics = sub.add_parser("metrics", parents=[common], help="follow a job's events until it ends")
@@ -151,7 +157,7 @@ def _add_evaluate_and_datasets(sub, common: argparse.ArgumentParser) -> None:
                     help="follow the job like `lmforge metrics`, then print the results")
     ev.set_defaults(func=trainer.cmd_evaluate)
 
-    ds = sub.add_parser("datasets", parents=[common], help="upload, list and validate datasets")
+    ds = sub.add_parser("datasets", parents=[common], help="upload, list, validate and describe datasets")
     ds_sub = ds.add_subparsers(dest="datasets_cmd", required=True, metavar="ACTION")
     du = ds_sub.add_parser("upload", parents=[common], help="upload a JSONL/JSON/Parquet/CSV file")
     du.add_argument("path")
@@ -162,6 +168,17 @@ def _add_evaluate_and_datasets(sub, common: argparse.ArgumentParser) -> None:
     dv.add_argument("--method", default="sft", help=f"the method the rows are for: {one_of(METHODS)} [sft]")
     dv.add_argument("--format", default="auto", help=FORMATS_HELP)
     dv.add_argument("--max-violations", type=int, default=1000)
+    dst = ds_sub.add_parser(
+        "stats", parents=[common], help="the token calculator: tokens, lengths, truncation, duplicates",
+        description="Counts a dataset's tokens as a job would render them with the base model's tokenizer and "
+                    "chat template: total and trained tokens, length percentiles and histogram, what "
+                    "max_seq_length truncates, exact duplicates, characters per token for Chinese and English, "
+                    "and the trained tokens over the epochs.")
+    dst.add_argument("dataset", metavar="ID-or-PATH", help="dataset id, or a local file to upload first")
+    dst.add_argument("--base-model", required=True, help="store id of the model whose tokenizer the job would use")
+    dst.add_argument("--max-seq-length", type=int, required=True, help="the job's max_seq_length, e.g. 1024")
+    dst.add_argument("--method", default="sft", help=f"the method the rows are for: {one_of(METHODS)} [sft]")
+    dst.add_argument("--epochs", type=int, default=1, help="for the estimated trained tokens [1]")
     ds.set_defaults(func=trainer.cmd_datasets)
 
 

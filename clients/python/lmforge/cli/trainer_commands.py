@@ -16,6 +16,7 @@ from lmforge.cli.format import (
     JOB_HEADERS,
     checkpoint_rows,
     dataset_row,
+    dataset_stats_lines,
     evaluation_rows,
     find_evaluation,
     format_bytes,
@@ -122,9 +123,11 @@ def cmd_jobs(client: TrainerClient, args: argparse.Namespace) -> int:
         if job.HasField("error") and (job.error.message or job.error.code):
             print("\n".join(job_outcome_lines(job)[1:]))
         return EXIT_OK
-    if args.jobs_cmd == "cancel":
-        job = client.cancel_job(args.job_id)
-        print(to_json(job) if args.json else f"{job.id}: {job_state_name(job.state)}")
+    if args.jobs_cmd in ("cancel", "pause", "resume"):
+        call = {"cancel": client.cancel_job, "pause": client.pause_job, "resume": client.resume_job}[args.jobs_cmd]
+        job = call(args.job_id)
+        attempt = f" (attempt {job.attempt})" if job.attempt > 1 else ""
+        print(to_json(job) if args.json else f"{job.id}: {job_state_name(job.state)}{attempt}")
         return EXIT_OK
     raise AssertionError(args.jobs_cmd)
 
@@ -189,4 +192,11 @@ def cmd_datasets(client: TrainerClient, args: argparse.Namespace) -> int:
         else:
             print("\n".join(validation_report_lines(report)))
         return EXIT_OK if report.ok else EXIT_FAILED
+    if args.datasets_cmd == "stats":
+        dataset_id = resolve_dataset(client, args.dataset)
+        # The server streams the whole file: allow it more than the default deadline of one call.
+        stats = client.describe_dataset(dataset_id, args.base_model, args.max_seq_length, method=args.method,
+                                        epochs=args.epochs, timeout=max(client.timeout or 0, 600))
+        print(to_json(stats) if args.json else "\n".join(dataset_stats_lines(stats)))
+        return EXIT_OK
     raise AssertionError(args.datasets_cmd)
