@@ -136,7 +136,9 @@ def test_overload_is_refused_at_once(store_root, tiny_model_id):
     server.serve()
     try:
         with InferenceClient(server.address) as c:
-            streams = [c.generate(tiny_model_id, messages=CHAT, temperature=1.0, max_new_tokens=200) for _ in range(2)]
+            # ignore_eos: a sampled end-of-text must not free a slot before the third request arrives
+            streams = [c.generate(tiny_model_id, messages=CHAT, temperature=1.0, max_new_tokens=480, ignore_eos=True)
+                       for _ in range(2)]
             for stream in streams:
                 next(stream)  # admitted and decoding
             started = time.monotonic()
