@@ -74,10 +74,13 @@ def wait_frozen(pid: int) -> psutil.Process:
     return process
 
 
-def request(tiny_model_id: str, dataset_id: str, *, max_steps: int = 8, state_every: int = 2, **checkpoints) -> dict:
+def request(tiny_model_id: str, dataset_id: str, *, max_steps: int = 8, state_every: int = 2, adapter: dict | None = None,
+            **checkpoints) -> dict:
     """A small LoRA SFT job with full state every `state_every` steps (also its store checkpoints)."""
     req = sft_request(tiny_model_id, dataset_id, max_steps=max_steps, save_every=state_every, seed=7)
     req["checkpoints"].update(checkpoints)
+    if adapter:
+        req["adapter"] = adapter
     return req
 
 
@@ -101,6 +104,18 @@ def losses_by_step(events) -> dict[int, float]:
             if event.step not in losses or event.attempt >= losses[event.step][0]:
                 losses[event.step] = (event.attempt, event.metrics.values["loss"])
     return {step: loss for step, (_, loss) in sorted(losses.items())}
+
+
+def assert_continued(events) -> None:
+    """Each resumed attempt trained on from the step it reported, not from the start (a restart from
+    scratch would also end with the same weights: only the steps show the difference)."""
+    for event in events:
+        if event.WhichOneof("payload") != "resumed":
+            continue
+        attempt, from_step = event.resumed.attempt, event.resumed.from_step
+        steps = [e.step for e in events if e.attempt == attempt and e.WhichOneof("payload") == "metrics"
+                 and "loss" in e.metrics.values]
+        assert steps and steps[0] == from_step + 1, (attempt, from_step, steps)
 
 
 def assert_gap_free(events) -> None:
@@ -178,6 +193,7 @@ def test_killed_worker_resumes_by_itself_until_restarts_run_out_then_resume_job(
     finally:
         server.stop()
     assert_gap_free(events)
+    assert_continued(events)
     resumes = [(e.resumed.attempt, e.resumed.from_step, e.resumed.reason) for e in events
                if e.WhichOneof("payload") == "resumed"]
     assert [(attempt, step) for attempt, step, _ in resumes] == [(2, 2), (3, 4)], resumes
@@ -225,6 +241,7 @@ def test_pause_frees_the_slot_and_resume_ends_with_the_same_weights(tmp_path, st
             assert rpc_code(lambda: client.pause_job("job-nope")) == grpc.StatusCode.NOT_FOUND
     finally:
         server.stop()
+    assert_continued(events)
     resumed = [e.resumed for e in events if e.WhichOneof("payload") == "resumed"]
     assert len(resumed) == 1 and resumed[0].from_step == paused.current_step
     reference, reference_losses = reference_run
@@ -254,3 +271,154 @@ def test_a_second_server_on_the_same_state_directory_refuses_to_start(tmp_path, 
         first.stop()
     third = TrainerProcess(home, store_root)  # the lock goes with the server that held it
     third.stop()
+
+
+# ------------------------------------------------------------------------------------ every method resumes
+#
+# One server freezes every worker once it wrote the full state of job-wide step 2 or 5; the test kills the
+# frozen worker, the job resumes by itself, and its result must equal the same request run without
+# interruption on the session's in-process trainer (started first, so the two train side by side).
+
+PREFERENCE = EXAMPLES / "preference_demo.jsonl"
+PROMPTS = EXAMPLES / "rl_prompts.jsonl"
+LENGTH_REWARD = {"name": "length_penalty", "params": {"target_chars": "2", "max_chars": "14"}}
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory, store_root):
+    server = TrainerProcess(tmp_path_factory.mktemp("faulty-trainer"), store_root, fault_steps="2,5")
+    try:
+        with TrainerClient(server.address) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def entry_weights(store_root: Path, checkpoint_id: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a store entry (adapter or full model)."""
+    folder = next(p for p in (store_root / "adapters" / checkpoint_id, store_root / "models" / checkpoint_id)
+                  if p.is_dir())
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def resumed_equals_uninterrupted(reference_client, faulty_client, store_root, request_for, data: Path,
+                                 kills: int = 1):
+    """Run `request_for(dataset_id)` uninterrupted and with its worker killed `kills` times (at the fault
+    steps); assert both succeed with identical weights and per-step losses. Returns the interrupted run's
+    job and events."""
+    reference = reference_client.start_training(request_for(reference_client.upload_dataset(data).id))
+    job = faulty_client.start_training(request_for(faulty_client.upload_dataset(data).id))
+    for attempt in range(1, kills + 1):
+        wait_frozen(worker_pid(faulty_client, job.id, attempt)).kill()
+    final = faulty_client.wait(job.id)
+    assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.error
+    assert final.attempt == kills + 1 and final.restarts == kills
+    reference = reference_client.wait(reference.id)
+    assert reference.state == trainer_pb2.JOB_STATE_SUCCEEDED, reference.error
+    events = all_events(faulty_client, job.id)
+    assert_gap_free(events)
+    assert_continued(events)
+    assert losses_by_step(events) == losses_by_step(all_events(reference_client, reference.id))
+    resumed, expected = entry_weights(store_root, final.result_checkpoint_id), \
+        entry_weights(store_root, reference.result_checkpoint_id)
+    assert resumed.keys() == expected.keys()
+    different = [name for name in expected if not torch.equal(resumed[name], expected[name])]
+    assert not different, f"resumed weights differ from the uninterrupted run's in {different[:5]}"
+    return final, events
+
+
+def resumes(events) -> list[tuple[int, int]]:
+    return [(e.resumed.attempt, e.resumed.from_step) for e in events if e.WhichOneof("payload") == "resumed"]
+
+
+def logs(events) -> str:
+    return "\n".join(e.log.message for e in events if e.WhichOneof("payload") == "log")
+
+
+def test_full_fine_tuning_resumes_exactly(trainer_client, faulty, store_root, tiny_model_id):
+    _, events = resumed_equals_uninterrupted(trainer_client, faulty, store_root, lambda ds: request(
+        tiny_model_id, ds, max_steps=6, adapter={"type": "ADAPTER_FULL"}), EXAMPLES / "sft_demo.jsonl")
+    assert resumes(events) == [(2, 2)]
+
+
+def test_dpo_resumes_exactly(trainer_client, faulty, store_root, tiny_model_id):
+    def dpo(ds):
+        return {"base_model_id": tiny_model_id, "dataset_id": ds, "dpo": {}, "adapter": {"type": "ADAPTER_LORA", "rank": 8},
+                "hyperparameters": {"max_steps": 4, "batch_size": 4, "max_seq_length": 128, "logging_steps": 1},
+                "checkpoints": {"every_steps": 2}}
+    _, events = resumed_equals_uninterrupted(trainer_client, faulty, store_root, dpo, PREFERENCE)
+    assert resumes(events) == [(2, 2)]
+
+
+def test_grpo_resumes_exactly(trainer_client, faulty, store_root, tiny_model_id):
+    def grpo(ds):
+        return {"base_model_id": tiny_model_id, "dataset_id": ds, "grpo": {"rewards": [LENGTH_REWARD], "num_generations": 4},
+                "adapter": {"type": "ADAPTER_LORA", "rank": 8},
+                "hyperparameters": {"max_steps": 4, "batch_size": 8, "logging_steps": 1, "learning_rate": 1e-2},
+                "checkpoints": {"every_steps": 2}}
+    _, events = resumed_equals_uninterrupted(trainer_client, faulty, store_root, grpo, PROMPTS)
+    assert resumes(events) == [(2, 2)]
+
+
+def test_rft_resumes_inside_a_round_and_after_a_finished_round(trainer_client, faulty, store_root, tiny_model_id):
+    """Killed at step 2 (inside round 1) and at step 5 (inside round 2, round 1 finished): the second
+    resume takes round 1's weights from its phase instead of running it again."""
+    def rft(ds):
+        return {"base_model_id": tiny_model_id, "dataset_id": ds,
+                "rft": {"rewards": [{"name": "keyword", "params": {"keyword": "a", "position": "start"}}],
+                        "num_candidates": 8, "rounds": 2, "max_completion_length": 8, "temperature": 1.0,
+                        "threshold": 0.0},
+                "adapter": {"type": "ADAPTER_LORA", "rank": 8},
+                "hyperparameters": {"max_steps": 3, "batch_size": 4, "max_seq_length": 128, "logging_steps": 1,
+                                    "learning_rate": 5e-3, "lr_scheduler": "constant"},
+                "checkpoints": {"every_steps": 2}}
+    _, events = resumed_equals_uninterrupted(trainer_client, faulty, store_root, rft, EXAMPLES / "rft_prompts.jsonl",
+                                             kills=2)
+    assert resumes(events) == [(2, 2), (3, 5)]
+    assert "rounds 1-1 were finished by an earlier attempt of this job; going on with round 2" in logs(events)
+    round_starts = [(e.attempt, e.metrics.values["round"]) for e in events
+                    if e.WhichOneof("payload") == "metrics" and "acceptance_rate" in e.metrics.values]
+    assert round_starts == [(1, 0.0), (2, 0.0), (2, 1.0), (3, 1.0)], "round 1 is not generated a third time"
+
+
+def test_actor_critic_ppo_resumes_exactly(trainer_client, faulty, store_root, tiny_model_id):
+    def ppo(ds):
+        return {"base_model_id": tiny_model_id, "dataset_id": ds,
+                "ppo": {"algorithm": "PPO_ALGORITHM_ACTOR_CRITIC", "max_completion_length": 8, "rewards": [LENGTH_REWARD],
+                        "beta": 0.05},
+                "adapter": {"type": "ADAPTER_LORA", "rank": 8},
+                "hyperparameters": {"max_steps": 4, "batch_size": 8, "learning_rate": 1e-2, "lr_scheduler": "constant"},
+                "checkpoints": {"every_steps": 2}}
+    _, events = resumed_equals_uninterrupted(trainer_client, faulty, store_root, ppo, PROMPTS)
+    assert resumes(events) == [(2, 2)]
+
+
+def test_offline_distillation_keeps_the_teacher_answers_of_the_first_attempt(trainer_client, faulty, store_root,
+                                                                           tiny_model_id):
+    def distill(ds):
+        return {"base_model_id": tiny_model_id, "dataset_id": ds,
+                "distill": {"teacher_model_id": tiny_model_id, "max_new_tokens": 8, "temperature": 1.0},
+                "adapter": {"type": "ADAPTER_LORA", "rank": 8},
+                "hyperparameters": {"max_steps": 4, "batch_size": 4, "max_seq_length": 128, "logging_steps": 1},
+                "checkpoints": {"every_steps": 2}}
+    _, events = resumed_equals_uninterrupted(trainer_client, faulty, store_root, distill,
+                                             EXAMPLES / "distill_prompts.jsonl")
+    assert resumes(events) == [(2, 2)]
+    assert "teacher answers from an earlier attempt of this job" in logs(events)
+
+
+def test_pretraining_keeps_the_tokenizer_of_the_first_attempt(trainer_client, faulty, store_root):
+    def pretrain(ds):
+        return {"dataset_id": ds,
+                "pretrain": {"hidden_size": 64, "num_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                             "context_length": 128, "vocab_size": 600},
+                "hyperparameters": {"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3, "lr_scheduler": "constant",
+                                    "logging_steps": 1},
+                "checkpoints": {"every_steps": 2}}
+    _, events = resumed_equals_uninterrupted(trainer_client, faulty, store_root, pretrain,
+                                             EXAMPLES / "pretrain_corpus.jsonl")
+    assert resumes(events) == [(2, 2)]
+    assert "trained by an earlier attempt of this job" in logs(events)

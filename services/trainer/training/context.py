@@ -47,6 +47,11 @@ def latest_full_state(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def checkpoint_step(checkpoint_dir: Path) -> int:
+    """The optimizer step of a `checkpoint-N` folder."""
+    return int(checkpoint_dir.name.rsplit("-", 1)[1])
+
+
 @dataclass
 class RecipeContext:
     spec: TrainingSpec

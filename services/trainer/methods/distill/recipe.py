@@ -22,6 +22,7 @@ differ in on-policy mode), Cancelled.
 from __future__ import annotations
 
 import gc
+import json
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.engine.backends import load_backend
@@ -39,6 +40,8 @@ from services.trainer.training.prompts import prompt_rows, prompt_text
 GKD_DEFAULT_TEMPERATURE = 0.9
 TEACHER_BATCH = 16  # concurrent teacher requests (the backend batches them continuously)
 LOGGED_ANSWERS = 3
+# The phase (RecipeContext.save_phase) holding offline distillation's teacher answers.
+TEACHER_PHASE = "teacher-answers"
 
 
 # ------------------------------------------------------------------------------------------ teacher
@@ -144,14 +147,30 @@ def _split(spec: TrainingSpec, examples: list[dict], eval_examples: list[dict]):
     return train, None
 
 
+def _saved_teacher_answers(ctx: RecipeContext, count: int) -> list[str] | None:
+    """The teacher's answers an earlier attempt of this job generated (the teacher pass is not redone)."""
+    folder = ctx.finished_phase(TEACHER_PHASE)
+    if folder is None:
+        return None
+    answers = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
+    if len(answers) != count:
+        return None
+    ctx.log(f"{len(answers)} teacher answers from an earlier attempt of this job")
+    return answers
+
+
 def _run_offline(ctx: RecipeContext, config: DistillSpec, tokenizer, rows: list[dict],
                  eval_rows: list[dict]) -> str:
     from trl import SFTTrainer
 
     spec = ctx.spec
     prompts = [row["prompt"] for row in rows + eval_rows]
-    answers = teacher_answers(ctx, config.teacher_model_id, prompts, max_new_tokens=config.max_new_tokens,
-                              temperature=config.temperature, seed=spec.hyperparameters.seed)
+    answers = _saved_teacher_answers(ctx, len(prompts))
+    if answers is None:
+        answers = teacher_answers(ctx, config.teacher_model_id, prompts, max_new_tokens=config.max_new_tokens,
+                                  temperature=config.temperature, seed=spec.hyperparameters.seed)
+        with ctx.save_phase(TEACHER_PHASE) as folder:
+            (folder / "answers.json").write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
     for messages, answer in list(zip(prompts, answers))[:LOGGED_ANSWERS]:
         ctx.log(f"teacher: {prompt_text(messages)[:200]!r} -> {answer[:200]!r}")
     examples = [{"prompt": messages, "completion": [{"role": "assistant", "content": answer}]}

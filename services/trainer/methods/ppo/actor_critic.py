@@ -41,7 +41,11 @@ epoch, num_tokens, tokens_per_second, step_time, progress, eta_seconds; at step 
 the four models and memory/optimizers_mib. Rollout samples stream as `rollouts` events as GRPO's do.
 Store checkpoints: the actor every checkpoints.every_steps and at the end (ADAPTER or FULL_CHECKPOINT);
 the critic is not kept. Raises Cancelled when the job is asked to stop (checked during generation and
-between updates). `PpoState` holds everything a step changes, with save/load.
+at each step boundary; a step's updates, once begun, finish). `PpoState` holds everything a step changes,
+with save/load: it is the job's full state, written as `checkpoint-N` folders of the work directory's
+`ppo/` every checkpoints.every_steps (50 when 0) and when the job is paused or cancelled (the state of the
+last finished step: a stop during generation changed nothing but the RNGs, whose step-start snapshot is
+saved), the newest `keep_last` kept; a later attempt of the job loads the newest and continues.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -66,7 +71,7 @@ from services.trainer.rewards.runtime import RolloutRecorder, build_reward_funct
 from services.trainer.training.adapters import resolve_precision
 from services.trainer.training.callbacks import MetricsCallback, StoreCheckpointer
 from services.trainer.training.common import load_tokenizer
-from services.trainer.training.context import Cancelled, RecipeContext
+from services.trainer.training.context import Cancelled, RecipeContext, checkpoint_step, latest_full_state
 from services.trainer.training.prompts import prompt_rows, prompt_text
 from services.trainer.training.rollouts import RolloutSamplesCallback
 
@@ -183,8 +188,16 @@ class PpoState:
         return cls(actor, critic, actor_optimizer, critic_optimizer, actor_scheduler, critic_scheduler,
                    torch.Generator().manual_seed(hyper.seed), method.beta)
 
-    def save(self, folder: Path) -> None:
-        """Weights (adapters or full), optimizers, schedulers, RNGs and counters into `folder` (created)."""
+    @staticmethod
+    def rng_state() -> dict:
+        """The global RNGs, as `save` records them."""
+        return {"torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python_rng": random.getstate()}
+
+    def save(self, folder: Path, rng: dict | None = None) -> None:
+        """Weights (adapters or full), optimizers, schedulers, RNGs (now, or the `rng_state()` snapshot
+        given) and counters into `folder` (created)."""
         folder.mkdir(parents=True, exist_ok=True)
         self.actor.save_pretrained(folder / "actor", safe_serialization=True)
         self.critic.save_pretrained(folder / "critic", safe_serialization=True)
@@ -192,9 +205,7 @@ class PpoState:
                     "critic_optimizer": self.critic_optimizer.state_dict(),
                     "actor_scheduler": self.actor_scheduler.state_dict(),
                     "critic_scheduler": self.critic_scheduler.state_dict(),
-                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "python_rng": random.getstate()}, folder / "optimizers.pt")
+                    "generator": self.generator.get_state(), **(rng or self.rng_state())}, folder / "optimizers.pt")
         (folder / "state.json").write_text(json.dumps({"step": self.step, "kl_coef": self.kl_coef,
                                                        "num_tokens": self.num_tokens}))
 
@@ -214,6 +225,27 @@ class PpoState:
         random.setstate(saved["python_rng"])
         counters = json.loads((folder / "state.json").read_text())
         self.step, self.kl_coef, self.num_tokens = counters["step"], counters["kl_coef"], counters["num_tokens"]
+
+
+def save_full_state(ctx: RecipeContext, state: PpoState, rng: dict | None = None) -> None:
+    """Write the state as `checkpoint-<step>` of the job's `ppo/` folder (complete once renamed into place,
+    with the `trainer_state.json` marker transformers' checkpoints have), keep the newest keep_last."""
+    if state.step == 0:
+        return
+    output_dir = ctx.output_dir("ppo")
+    final = output_dir / f"checkpoint-{state.step}"
+    if latest_full_state(output_dir) == final:
+        return
+    tmp = output_dir / f".checkpoint-{state.step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    state.save(tmp, rng)
+    (tmp / "trainer_state.json").write_text(json.dumps({"global_step": state.step}))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    kept = sorted((checkpoint_step(p), p) for p in output_dir.glob("checkpoint-*"))
+    for _, old in kept[:-max(1, ctx.spec.keep_last)]:
+        shutil.rmtree(old, ignore_errors=True)
+    ctx.full_state_saved(state.step)
 
 
 def _load_weights(model, folder: Path) -> None:
@@ -345,8 +377,6 @@ def update(ctx: RecipeContext, state: PpoState, batch: Rollouts, autocast, scale
     state.actor.train()  # generation left them in eval mode; dropout is off either way
     state.critic.train()
     for _ in range(method.ppo_epochs):
-        if ctx.should_stop():
-            raise Cancelled()
         order = torch.randperm(len(batch.mask), generator=state.generator).to(batch.mask.device)
         for mini_batch in order.tensor_split(method.num_mini_batches):
             tokens = batch.mask[mini_batch].sum().clamp(min=1)
@@ -456,16 +486,28 @@ def run(ctx: RecipeContext) -> str:
     holder = MetricsCallback(ctx)  # the checkpointer reads the latest metrics from it
     checkpointer = StoreCheckpointer(ctx, tokenizer, holder)
     samples = RolloutSamplesCallback(ctx, recorder, method.samples)
-    started = time.perf_counter()
+    resume_from = latest_full_state(ctx.output_dir("ppo"))
+    if resume_from is not None:
+        state.load(resume_from)
+        ctx.log(f"continuing from the full state of step {state.step} (an earlier attempt of this job)",
+                step=state.step)
+    ctx.report_resume(state.step)
+    started, first_step = time.perf_counter(), state.step
     while state.step < total_steps:
+        rng = PpoState.rng_state()  # the step boundary's RNGs, saved if the job stops during generation
         if ctx.should_stop():
+            save_full_state(ctx, state, rng)
             raise Cancelled()
         step, step_started = state.step + 1, time.perf_counter()
         learning_rate = state.actor_scheduler.get_last_lr()[0]
         chosen = prompt_order(len(rows), hyper.seed, state.step * prompts_per_step, prompts_per_step)
         tokens_before = state.num_tokens
-        batch, values = collect(ctx, state, reference, tokenizer, [rows[i] for i in chosen], funcs, weights, step,
-                                autocast)
+        try:
+            batch, values = collect(ctx, state, reference, tokenizer, [rows[i] for i in chosen], funcs, weights,
+                                    step, autocast)
+        except Cancelled:
+            save_full_state(ctx, state, rng)
+            raise
         values.update(update(ctx, state, batch, autocast, scaler))
         state.kl_coef = next_kl_coef(state.kl_coef, values["objective/kl"], method, len(batch.mask))
         state.actor_scheduler.step()
@@ -476,7 +518,7 @@ def run(ctx: RecipeContext) -> str:
                        "num_tokens": float(state.num_tokens), "step_time": now - step_started,
                        "tokens_per_second": (state.num_tokens - tokens_before) / max(now - step_started, 1e-9),
                        "progress": step / total_steps,
-                       "eta_seconds": (now - started) / step * (total_steps - step)})
+                       "eta_seconds": (now - started) / (step - first_step) * (total_steps - step)})
         if step == 1:
             values.update({f"memory/{name}_mib": item["mib"] for name, item in memory.items()})
             values["memory/optimizers_mib"] = models.optimizer_mib(state.actor_optimizer, state.critic_optimizer)
@@ -485,4 +527,6 @@ def run(ctx: RecipeContext) -> str:
         samples.flush(step)
         if spec.save_every_steps and step % spec.save_every_steps == 0 and step < total_steps:
             checkpointer.save(state.actor, step, is_final=False)
+        if step % spec.state_every_steps == 0 and step < total_steps:
+            save_full_state(ctx, state)
     return checkpointer.save(state.actor, state.step, is_final=True).id

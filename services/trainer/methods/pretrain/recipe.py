@@ -24,6 +24,9 @@ from services.trainer.training.text import train_text
 from services.trainer.methods.pretrain import PretrainSpec
 from services.trainer.spec import DatasetFile
 
+# The phase (RecipeContext.save_phase) holding the tokenizer trained on the corpus.
+TOKENIZER_PHASE = "tokenizer"
+
 
 def corpus_texts(dataset: DatasetFile) -> Iterator[str]:
     """The `text` of every readable row of a dataset file, streamed (rows were validated before queueing)."""
@@ -49,10 +52,17 @@ def build_tokenizer(ctx: RecipeContext, method: PretrainSpec):
                     "text, but chat requests to it will be refused", "warning")
         ctx.log(f"tokenizer: {len(tokenizer)} tokens, from {method.tokenizer_from!r}")
         return tokenizer
+    trained = ctx.finished_phase(TOKENIZER_PHASE)
+    if trained is not None:  # an earlier attempt trained it: a later one never trains it again
+        tokenizer = load_tokenizer(trained)
+        ctx.log(f"tokenizer: {len(tokenizer)} tokens, trained by an earlier attempt of this job")
+        return tokenizer
     ctx.log(f"training a byte-level BPE tokenizer (vocab_size {method.vocab_size}) on the corpus")
     tokenizer = train_tiny_tokenizer(corpus_texts(ctx.spec.dataset), method.vocab_size, builtin_corpus=False)
     note = "" if len(tokenizer) >= method.vocab_size else " (the corpus is too small for more merges)"
     ctx.log(f"tokenizer: {len(tokenizer)} tokens{note}")
+    with ctx.save_phase(TOKENIZER_PHASE) as folder:
+        tokenizer.save_pretrained(folder)
     return tokenizer
 
 

@@ -24,6 +24,11 @@ a `samples.fraction_of_steps` share of rounds (0 = never); then the usual traini
 continuing across rounds. Periodic checkpoints follow `save_every_steps` within a round; the final
 model is an ADAPTER (LoRA/QLoRA) or FULL_CHECKPOINT, servable by the inference service.
 
+Resuming (a later attempt of the job): each finished round is published as a phase holding the weights
+after it (the adapter alone for LoRA/QLoRA) and the step counters, so a later attempt starts at the next
+round without redoing finished ones; a round interrupted mid-way regenerates its candidates (seeded, from
+the same weights, so the same set) and its trainer resumes from the round's newest full-state checkpoint.
+
 Raises FailedPrecondition (no candidate was accepted in any round:
 there is nothing to fine-tune on), Cancelled (checked between generation batches and training steps).
 """
@@ -31,8 +36,10 @@ there is nothing to fine-tune on), Cancelled (checked between generation batches
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 from dataclasses import replace
+from pathlib import Path
 
 from services.common.errors import FailedPrecondition
 from services.common.store import Manifest
@@ -43,13 +50,15 @@ from services.engine.sampling import SamplingConfig
 from services.trainer.methods.rft import RftSpec
 from services.trainer.rewards.runtime import build_reward_functions
 from services.trainer.training.adapters import describe_loaded_model, load_base_for_training, resolve_precision
-from services.trainer.training.callbacks import MetricsCallback, PeriodicCheckpointCallback, StopCallback, \
-    StoreCheckpointer
+from services.trainer.training.callbacks import FullStateCallback, MetricsCallback, PeriodicCheckpointCallback, \
+    StopCallback, StoreCheckpointer
 from services.trainer.training.common import load_tokenizer, training_arguments
-from services.trainer.training.context import Cancelled, RecipeContext
+from services.trainer.training.context import Cancelled, RecipeContext, checkpoint_step, latest_full_state
 from services.trainer.training.prompts import prompt_rows, prompt_text
 
 GENERATION_BATCH_PROMPTS = 8  # prompts decoded together (each with num_candidates samples)
+# A finished round (RecipeContext.save_phase): the weights after it and the step counters.
+ROUND_PHASE = "rft-round-{}"
 
 
 class _RoundCheckpointer(StoreCheckpointer):
@@ -143,6 +152,56 @@ def select(candidates: list[list[str]], scored: list[list[tuple]], threshold: fl
     return kept
 
 
+# ------------------------------------------------------------------------------------------ resuming
+
+
+def _round_dir(ctx: RecipeContext, r: int) -> Path:
+    """Round r's trainer output_dir: its `checkpoint-N` folders are the full state inside the round."""
+    return ctx.output_dir(f"trainer/round-{r}")
+
+
+def _save_round(ctx: RecipeContext, r: int, model, offset: int, trained_rounds: int) -> None:
+    """Publish round r as a finished phase: the weights trained so far (the adapter alone for LoRA/QLoRA)
+    and the step counters, so a later attempt starts at round r + 1. The round's own full state goes."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file, save_model
+
+    with ctx.save_phase(ROUND_PHASE.format(r), {"offset": offset, "trained_rounds": trained_rounds}) as folder:
+        if trained_rounds and hasattr(model, "peft_config"):
+            save_file(get_peft_model_state_dict(model), str(folder / "adapter.safetensors"))
+        elif trained_rounds:
+            save_model(model, str(folder / "model.safetensors"))
+    shutil.rmtree(_round_dir(ctx, r), ignore_errors=True)
+
+
+def _restore_rounds(ctx: RecipeContext, rounds: int, model, peft_config, events: _RoundEvents):
+    """(first round to run, rounds trained so far, model) after the last round an earlier attempt finished;
+    its weights are loaded into `model` (wrapped in the LoRA adapter first, as the first trained round
+    does). (0, 0, model) on a first run."""
+    finished = next((r for r in reversed(range(rounds)) if ctx.finished_phase(ROUND_PHASE.format(r))), None)
+    if finished is None:
+        return 0, 0, model
+    folder = ctx.finished_phase(ROUND_PHASE.format(finished))
+    info = ctx.phase_info(ROUND_PHASE.format(finished))
+    events.offset, trained_rounds = int(info["offset"]), int(info["trained_rounds"])
+    if trained_rounds and peft_config is not None:
+        from peft import get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        model = get_peft_model(model, peft_config)
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter.safetensors")))
+    elif trained_rounds:
+        from safetensors.torch import load_model
+
+        load_model(model, str(folder / "model.safetensors"))
+    ctx.log(f"rounds 1-{finished + 1} were finished by an earlier attempt of this job; going on with round "
+            f"{finished + 2}", step=events.offset)
+    return finished + 1, trained_rounds, model
+
+
+# ------------------------------------------------------------------------------------------ recipe
+
+
 def run(ctx: RecipeContext) -> str:
     from trl import SFTConfig, SFTTrainer
 
@@ -168,8 +227,10 @@ def run(ctx: RecipeContext) -> str:
     round_ctx = replace(ctx, emit=events)
     checkpointer = _RoundCheckpointer(ctx, tokenizer, MetricsCallback(round_ctx))
     sample_rounds = sampled_rounds(config.rounds, config.samples.fraction_of_steps)
-    trained_rounds = 0
-    for r in range(config.rounds):
+    first_round, trained_rounds, model = _restore_rounds(ctx, config.rounds, model, peft_config, events)
+    in_round = latest_full_state(_round_dir(ctx, first_round))
+    ctx.report_resume(events.offset + (checkpoint_step(in_round) if in_round else 0))
+    for r in range(first_round, config.rounds):
         events.round = r
         candidates, lengths = generate_candidates(ctx, model, tokenizer, prompts, config, hyper.seed + r)
         scored, by_function = score_candidates(funcs, weights, rows, candidates)
@@ -203,28 +264,31 @@ def run(ctx: RecipeContext) -> str:
         if not pairs:
             ctx.log(f"round {r + 1}: no candidate was accepted; nothing to fine-tune on this round", "warning",
                     step=step)
+            _save_round(ctx, r, model, events.offset, trained_rounds)
             continue
 
         import datasets
 
         train = datasets.Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": t}]}
                                             for p, t in pairs])
-        args = SFTConfig(**training_arguments(spec, str(ctx.work_dir / "trainer" / f"round-{r}"), ctx.device,
-                                              has_eval=False),
+        args = SFTConfig(**training_arguments(spec, str(_round_dir(ctx, r)), ctx.device, has_eval=False),
                          max_length=hyper.max_seq_length, packing=False, completion_only_loss=True)
         metrics = MetricsCallback(round_ctx)
         metrics.latest.update(values)
         checkpointer.metrics, checkpointer.offset = metrics, events.offset
-        callbacks = [metrics, StopCallback(ctx), PeriodicCheckpointCallback(checkpointer, spec.save_every_steps)]
+        callbacks = [metrics, StopCallback(ctx), FullStateCallback(ctx, events.offset),
+                     PeriodicCheckpointCallback(checkpointer, spec.save_every_steps)]
         # The first trained round wraps the model in the LoRA adapter; later rounds keep training it.
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                              peft_config=peft_config if trained_rounds == 0 else None, callbacks=callbacks)
-        trainer.train()
+        resume_from = latest_full_state(_round_dir(ctx, r))  # this round was interrupted in an earlier attempt
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if ctx.should_stop():
             raise Cancelled()
         model = trainer.model
         events.offset += trainer.state.global_step
         trained_rounds += 1
+        _save_round(ctx, r, model, events.offset, trained_rounds)
 
     if not trained_rounds:
         raise FailedPrecondition(
