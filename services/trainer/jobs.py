@@ -178,6 +178,8 @@ class JobManager:
             if worker is not None:
                 log.info("re-adopted a running worker", job_id=job.id, pid=worker.pid, attempt=worker.attempt)
             else:  # it died while no server watched: read what its journal holds, then handle the end
+                if WorkerProcess.kill_strays(work_dir):
+                    log.warning("killed a stray worker that its record did not describe", job_id=job.id)
                 worker = WorkerProcess(pid=0, create_time=0.0, token="", attempt=job.attempt)
             holds_slot = job.device in self._free_devices
             if holds_slot:

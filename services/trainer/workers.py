@@ -39,6 +39,8 @@ class WorkerProcess:
 
     @classmethod
     def launch(cls, command: list[str], *, work_dir: Path, attempt: int, env: dict[str, str]) -> WorkerProcess:
+        """Start a worker in `work_dir`; a stray worker of the same job is killed first (`kill_strays`)."""
+        cls.kill_strays(work_dir)
         token = secrets.token_hex(16)
         (work_dir / TOKEN_FILE).write_text(token)
         with open(work_dir / "worker.log", "ab") as log_file:
@@ -68,6 +70,37 @@ class WorkerProcess:
         except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
             return None
         return cls(int(record["pid"]), float(record["create_time"]), record["token"], int(record["attempt"]))
+
+    @staticmethod
+    def kill_strays(work_dir: Path) -> int:
+        """Kill live processes that carry the worker token of `work_dir` (with everything they started).
+
+        A server records a worker after starting it; one that dies in between leaves a worker no record
+        describes, which the next server cannot adopt and would otherwise run a second time next to it.
+        One job never has two workers: the stray is killed before a new attempt starts, or when a job's
+        recorded worker cannot be adopted. Returns how many processes were killed."""
+        token_path = work_dir / TOKEN_FILE
+        if not token_path.is_file():
+            return 0
+        token = token_path.read_text().strip()
+        strays = []
+        for process in psutil.process_iter():
+            try:
+                if process.pid != os.getpid() and process.environ().get(TOKEN_ENV) == token:
+                    strays.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        for process in strays:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # a worker leads its own session and process group
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(strays, timeout=30)
+        return len(strays)
 
     def record(self) -> dict:
         return {"pid": self.pid, "create_time": self.create_time, "token": self.token, "attempt": self.attempt}

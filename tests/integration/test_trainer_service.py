@@ -220,6 +220,10 @@ def test_start_training_is_idempotent_on_request_id(trainer_client, tiny_model_i
     first = trainer_client.start_training(request)
     second = trainer_client.start_training(request)
     assert first.id == second.id
+    different = {**request, "display_name": "another body under the same request_id"}
+    with pytest.raises(grpc.RpcError) as info:
+        trainer_client.start_training(different)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS and "request_id" in info.value.details()
     trainer_client.wait(first.id)
 
 
@@ -231,6 +235,8 @@ def test_list_jobs_pages_through_every_job(trainer_client, tiny_model_id, demo_d
     assert paged == [j.id for j in whole] and len(paged) == len(set(paged)) >= 3
     created = [j.created_at.ToNanoseconds() for j in whole]
     assert created == sorted(created, reverse=True), "newest first"
+    assert rpc_code(lambda: trainer_client._stub.ListJobs(trainer_pb2.ListJobsRequest(page_size=-1))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
     for job_id in paged[:3]:
         trainer_client.wait(job_id)
 
@@ -284,6 +290,19 @@ def test_queued_job_can_be_cancelled_before_it_runs(trainer_client, tiny_model_i
     assert trainer_client.cancel_job(queued.id).state == trainer_pb2.JOB_STATE_CANCELLED
     for job in long_jobs:
         assert trainer_client.cancel_job(job.id).state == trainer_pb2.JOB_STATE_CANCELLED
+    # A cancelled job can be resumed under its own id. This one never ran: its data is checked again and
+    # it runs as its first attempt.
+    resumed = trainer_client.resume_job(queued.id)
+    assert resumed.id == queued.id and resumed.state == trainer_pb2.JOB_STATE_VALIDATING
+    final = trainer_client.wait(queued.id)
+    assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED and final.attempt == 1 and final.result_checkpoint_id
+    # One that ran goes on as its next attempt, saying so in a `resumed` event.
+    again = trainer_client.resume_job(long_jobs[0].id)
+    assert again.attempt == 2 and again.state == trainer_pb2.JOB_STATE_QUEUED
+    resumed_event = wait_for(lambda: next((e for e in trainer_client.stream_metrics(again.id, follow=False)
+                                           if e.WhichOneof("payload") == "resumed"), None), what="a resumed event")
+    assert resumed_event.attempt == 2 and "resumed by the user" in resumed_event.resumed.reason
+    assert trainer_client.cancel_job(again.id).state == trainer_pb2.JOB_STATE_CANCELLED
 
 
 def eval_events(events) -> list[trainer_pb2.TrainingEvent]:

@@ -83,6 +83,10 @@ def test_metrics_and_event_lines():
     assert fmt.format_event_line(ckpt) == "checkpoint saved: ad-123 (step 20, adapter)"
     log = trainer_pb2.TrainingEvent(sequence=2, log=trainer_pb2.LogEvent(level="WARNING", message="slow"))
     assert fmt.format_event_line(log) == "log [WARNING] slow"
+    resumed = trainer_pb2.TrainingEvent(sequence=30, step=4, attempt=2, resumed=trainer_pb2.ResumedEvent(
+        attempt=2, from_step=4, reason="worker died: killed by SIGKILL"))
+    assert fmt.format_event_line(resumed) == ("resumed: attempt 2 from step 4 (worker died: killed by SIGKILL); "
+                                              "later steps are run again")
 
 
 def test_format_table():

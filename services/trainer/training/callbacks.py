@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from services.common.errors import FailedPrecondition, Violation
 from services.common.store import EntryKind, Manifest
 from services.trainer.training.context import RecipeContext
 from services.trainer.spec import EvalSpec
@@ -40,6 +41,15 @@ class MetricsCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = time.perf_counter()
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, (int, float)) and not math.isfinite(float(loss)):
+            # The run diverged: every later step would be NaN too, and retrying the same run cannot help.
+            raise FailedPrecondition(
+                f"training diverged: the loss is {loss} at step {state.global_step}; lower "
+                f"hyperparameters.learning_rate (now {args.learning_rate:g}) or hyperparameters.max_grad_norm, "
+                "or check the data for extreme rows",
+                [Violation(0, "hyperparameters.learning_rate", f"the loss became {loss} at step {state.global_step}",
+                           "lower the learning rate")])
         values = {k: float(v) for k, v in (logs or {}).items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
         step = state.global_step
@@ -84,13 +94,14 @@ class StopCallback(TrainerCallback):
 
 
 class FullStateCallback(TrainerCallback):
-    """Tells the context when a full-state checkpoint is on disk (the tests' fault-injection point)."""
+    """Tells the context when a full-state checkpoint is on disk (the tests' fault-injection point).
+    `offset`: steps of earlier phases (RFT rounds), so the context hears the job-wide step."""
 
-    def __init__(self, ctx: RecipeContext):
-        self.ctx = ctx
+    def __init__(self, ctx: RecipeContext, offset: int = 0):
+        self.ctx, self.offset = ctx, offset
 
     def on_save(self, args, state, control, **kwargs):
-        self.ctx.full_state_saved(state.global_step)
+        self.ctx.full_state_saved(self.offset + state.global_step)
 
 
 class StoreCheckpointer:
@@ -231,10 +242,10 @@ def finish_training(ctx: RecipeContext, trainer, checkpointer: StoreCheckpointer
 
     Resumes from the newest full-state checkpoint in the trainer's output_dir when an earlier attempt left
     one. Raises Cancelled if the job was asked to stop. Logs when early stopping ended training."""
-    from services.trainer.training.context import Cancelled, latest_full_state
+    from services.trainer.training.context import Cancelled, checkpoint_step, latest_full_state
 
     resume_from = latest_full_state(Path(trainer.args.output_dir))
-    ctx.report_resume(_checkpoint_step(resume_from) if resume_from else 0)
+    ctx.report_resume(checkpoint_step(resume_from) if resume_from else 0)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if ctx.should_stop():
         raise Cancelled()
@@ -254,7 +265,3 @@ def finish_training(ctx: RecipeContext, trainer, checkpointer: StoreCheckpointer
             ctx.log(f"best checkpoint: {best_id} ({best.metric} {best.best_value:.4g} at step {best.best_step})",
                     step=step)
     return final.id
-
-
-def _checkpoint_step(checkpoint_dir: Path) -> int:
-    return int(checkpoint_dir.name.rsplit("-", 1)[1])

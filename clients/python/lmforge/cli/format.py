@@ -153,6 +153,10 @@ def format_event_line(event: trainer_pb2.TrainingEvent, total_steps: int = 0) ->
         return f"log [{event.log.level or 'INFO'}] {event.log.message}"
     if kind == "rollouts":
         return format_rollouts_summary(event)
+    if kind == "resumed":
+        resumed = event.resumed
+        where = f"from step {resumed.from_step}" if resumed.from_step else "from the start"
+        return f"resumed: attempt {resumed.attempt} {where} ({resumed.reason}); later steps are run again"
     return f"event {event.sequence}"
 
 
