@@ -81,3 +81,12 @@ class DataLoss(LmforgeError):
 def invalid_field(field_name: str, reason: str, hint: str = "") -> InvalidArgument:
     """An InvalidArgument about one request field, e.g. invalid_field("hyperparameters.batch_size", ...)."""
     return InvalidArgument(f"{field_name}: {reason}", [Violation(0, field_name, reason, hint)])
+
+
+def without_path(text: str, path, name: str) -> str:
+    """A library's message with a server path (a file or a folder) replaced by `name`: what a user may see.
+    Libraries (pyarrow, transformers) repeat the path they were given; a user must never see it."""
+    from pathlib import PurePath
+
+    path = PurePath(path)
+    return text.replace(str(path), name)

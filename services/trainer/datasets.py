@@ -22,8 +22,8 @@ from pathlib import Path
 
 from services.common.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted, Violation
 from services.trainer.data import FileFormat, file_format_from_name
+from services.trainer.data.formats import DATASET_ID_PREFIX
 
-DATASET_ID_PREFIX = "ds-"
 
 
 @dataclass

@@ -350,3 +350,27 @@ def test_early_stopping_needs_periodic_evaluation(trainer_client, tiny_model_id,
         trainer_client.start_training(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _bad_request_fields(info.value) >= {"eval.early_stopping_patience", "eval.every_steps"}
+
+
+def test_errors_about_data_name_the_dataset_id_never_a_server_path(trainer_server, trainer_client, tmp_path,
+                                                                    tiny_model_id):
+    server_root = str(trainer_server.home)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"this is not a parquet file\n" * 10)
+    dataset = trainer_client.upload_dataset(broken)
+    texts = []
+    with pytest.raises(grpc.RpcError) as info:
+        trainer_client.validate_dataset(dataset.id)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    texts.append(info.value.details())
+    assert f"dataset {dataset.id} is not a readable Parquet file" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        trainer_client.describe_dataset(dataset.id, tiny_model_id, 128)
+    texts.append(info.value.details())
+    job = trainer_client.start_training(sft_request(tiny_model_id, dataset.id, max_steps=1))
+    failed = trainer_client.wait(job.id)
+    assert failed.state == trainer_pb2.JOB_STATE_FAILED and failed.error.code == "INVALID_ARGUMENT"
+    texts += [failed.error.message, *(str(v) for v in failed.error.violations)]
+    assert dataset.id in failed.error.message
+    leaked = [text for text in texts if server_root in text or "/tmp/" in text]
+    assert not leaked, leaked

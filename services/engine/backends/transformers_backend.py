@@ -194,7 +194,7 @@ class TransformersBackend(Backend):
         path = Path(path)
         config_file = path / "adapter_config.json"
         if not config_file.is_file():
-            raise FailedPrecondition(f"{path} is not a peft adapter (adapter_config.json is missing)")
+            raise FailedPrecondition(f"adapter {adapter_id} is not a peft adapter (its adapter_config.json is missing)")
         rank = json.loads(config_file.read_text()).get("r") or 0
         if rank > self.options.max_lora_rank:
             raise _invalid("adapter", f"LoRA rank {rank} is above max_lora_rank {self.options.max_lora_rank}",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from services.common.errors import FailedPrecondition, InvalidArgument, Violation
+from services.common.errors import FailedPrecondition, InvalidArgument, Violation, without_path
 from services.engine.backends.base import LoadOptions
 
 _DTYPES = {
@@ -74,12 +74,13 @@ def load_pretrained(model_dir: Path, options: LoadOptions):
         kwargs["quantization_config"] = bnb
         kwargs["device_map"] = {"": 0} if cuda else "cpu"
     if not (model_dir / "config.json").is_file():
-        raise FailedPrecondition(f"{model_dir} holds no model (config.json is missing)")
+        raise FailedPrecondition(f"{model_dir.name} holds no model (its config.json is missing)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
-        raise FailedPrecondition(f"cannot load the model in {model_dir}: {exc}") from exc
+        raise FailedPrecondition(f"cannot load the model {model_dir.name}: "
+                                 f"{without_path(str(exc), model_dir, model_dir.name)}") from exc
     if qtype == "none":
         model.to("cuda:0" if cuda else "cpu")
     else:

@@ -36,7 +36,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, without_path
 from services.engine.backends.base import Backend, GenerationRequest, LoadOptions, TokenStep
 from services.engine.sampling import SamplingConfig
 
@@ -195,7 +195,8 @@ class VllmBackend(Backend):
         try:
             return LLMEngine.from_engine_args(EngineArgs(**self.engine_kwargs))
         except (ValueError, NotImplementedError) as exc:
-            raise FailedPrecondition(f"vLLM cannot load {self.model_dir.name}: {exc}; "
+            raise FailedPrecondition(f"vLLM cannot load {self.model_dir.name}: "
+                                     f"{without_path(str(exc), self.model_dir, self.model_dir.name)}; "
                                      "try backend transformers") from exc
 
     def _eos_token_ids(self) -> set[int]:
@@ -291,7 +292,7 @@ class VllmBackend(Backend):
         path = Path(path)
         config_file = path / "adapter_config.json"
         if not config_file.is_file():
-            raise FailedPrecondition(f"adapter {adapter_id}: {path} has no adapter_config.json (not a peft LoRA)")
+            raise FailedPrecondition(f"adapter {adapter_id} has no adapter_config.json (not a peft LoRA)")
         rank = int(json.loads(config_file.read_text()).get("r") or 0)
         if rank > self.options.max_lora_rank:
             raise FailedPrecondition(f"adapter {adapter_id} has LoRA rank {rank}, above this model's "

@@ -12,6 +12,18 @@ from pathlib import PurePath
 from services.common.errors import invalid_field
 
 
+# An uploaded dataset's id (and the name of its folder in the registry): "ds-" + 20 hex digits of its sha256.
+DATASET_ID_PREFIX = "ds-"
+
+
+def file_label(path: str | PurePath) -> str:
+    """How a message names a data file: `dataset ds-...` for an uploaded dataset (stored in its id's folder),
+    else the file's name in quotes; never a server path."""
+    path = PurePath(path)
+    parent = path.parent.name
+    return f"dataset {parent}" if parent.startswith(DATASET_ID_PREFIX) else repr(path.name)
+
+
 class DatasetFormat(str, Enum):
     AUTO = "auto"
     MESSAGES = "messages"

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.common.errors import InvalidArgument, LmforgeError, Violation, invalid_field
-from services.trainer.data.formats import SFT_FORMATS, DatasetFormat, FileFormat, detect_format
+from services.trainer.data.formats import SFT_FORMATS, DatasetFormat, FileFormat, detect_format, file_label
 from services.trainer.data.reader import iter_rows, parse_json_cell
 from services.trainer.data.validation import SHAREGPT_ROLES
 
@@ -159,7 +159,7 @@ def _detect_file_format(path: Path, file_format: FileFormat) -> DatasetFormat:
             found = detect_format(row)
             if found is not None:
                 return found
-    raise invalid_field("format", f"cannot detect the dataset format of {str(path)!r}", "validate the file first")
+    raise invalid_field("format", f"cannot detect the dataset format of {file_label(path)}", "validate the file first")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def _examples_reporting_every_bad_row(path: str, file_format: str, purpose: str,
             bad += 1
             violations.extend(exc.violations)
     if bad:
-        raise InvalidArgument(f"{bad} of {total} rows of {Path(path).name!r} cannot be used {purpose}; "
+        raise InvalidArgument(f"{bad} of {total} rows of {file_label(path)} cannot be used {purpose}; "
                               "fix the rows listed", violations[:_MAX_LOAD_VIOLATIONS])
 
 
@@ -324,7 +324,7 @@ def load_preference_for_training(
             raise exc.__cause__ from None
         raise
     if len(ds) == 0:
-        raise invalid_field("dataset_id", f"{path.name!r} has no rows", "add preference rows")
+        raise invalid_field("dataset_id", f"{file_label(path)} has no rows", "add preference rows")
     return ds
 
 
@@ -334,7 +334,7 @@ def _detect_preference_format(path: Path, file_format: FileFormat) -> DatasetFor
             found = detect_format(row, PREFERENCE_FORMATS)
             if found is not None:
                 return found
-    raise invalid_field("format", f"{str(path)!r} has no preference rows (prompt + chosen + rejected, or prompt + "
+    raise invalid_field("format", f"{file_label(path)} has no preference rows (prompt + chosen + rejected, or prompt + "
                         "completion + label)", "validate the file for method dpo or reward first")
 
 
@@ -420,5 +420,5 @@ def load_prompt_dataset(path: str | Path, file_format: FileFormat, *, conversati
             raise exc.__cause__ from None
         raise
     if len(ds) == 0:
-        raise invalid_field("dataset_id", f"{path.name!r} has no rows", "add rows with a prompt")
+        raise invalid_field("dataset_id", f"{file_label(path)} has no rows", "add rows with a prompt")
     return ds

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.common.errors import NotFound, Violation, invalid_field
-from services.trainer.data.formats import FileFormat
+from services.common.errors import NotFound, Violation, invalid_field, without_path
+from services.trainer.data.formats import FileFormat, file_label
 
 _BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH_ROWS = 1024
@@ -36,7 +36,7 @@ def iter_rows(path: str | Path, file_format: FileFormat) -> Iterator[Row]:
     """
     path = Path(path)
     if not path.is_file():
-        raise NotFound(f"dataset file {str(path)!r} does not exist")
+        raise NotFound(f"{file_label(path)}: its file does not exist")
     file_format = FileFormat(file_format)
     if file_format is FileFormat.JSONL:
         return _iter_jsonl(path)
@@ -163,7 +163,7 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
     except (pa.ArrowException, OSError) as e:
         raise invalid_field(
             "path",
-            f"{str(path)!r} is not a readable Parquet file: {e}",
+            f"{file_label(path)} is not a readable Parquet file: {without_path(str(e), path, file_label(path))}",
             "write it with pyarrow or pandas .to_parquet()",
         ) from None
     row_no = 0
@@ -174,7 +174,7 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
                 yield row_no, record
     except (pa.ArrowException, OSError) as e:
         yield row_no + 1, Violation(
-            row_no + 1, "", f"unreadable Parquet data from this row on: {e}", "rewrite the file"
+            row_no + 1, "", f"unreadable Parquet data from this row on: {without_path(str(e), path, file_label(path))}", "rewrite the file"
         )
 
 
