@@ -111,10 +111,12 @@ class ServerHandle:
 
 
 def start_server(register: Callable[[grpc.Server], None], service_names: list[str], *, host: str = "127.0.0.1",
-                 port: int = 0, max_workers: int = 64) -> ServerHandle:
+                 port: int = 0, max_workers: int = 64,
+                 interceptors: list[grpc.ServerInterceptor] | None = None) -> ServerHandle:
     """Create, register and start a server (health NOT_SERVING until the caller calls set_serving)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=interceptors or [],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)],

@@ -2,6 +2,7 @@
 
     lmforge-inference --port 50052                       # store in $LMFORGE_HOME/store (default .lmforge)
     lmforge-inference --port 0 --preload smollm2-135m-instruct:nf4
+    lmforge-inference --metrics-port 9401                # Prometheus metrics on http://127.0.0.1:9401/metrics
 
 Prints `lmforge-inference listening on HOST:PORT` once it serves. Health is NOT_SERVING while
 preloading and while draining. SIGTERM/SIGINT: refuse new calls, let streams in flight finish within
@@ -15,11 +16,15 @@ import os
 import sys
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from lmforge.v1 import inference_pb2, inference_pb2_grpc
 from services.common.grpc_server import ServerHandle, start_server, wait_for_shutdown_signal
 from services.common.logging import configure_logging, get_logger
+from services.common.metrics import MetricsEndpoint, RpcMetrics
 from services.common.store import CheckpointStore
 from services.engine.backends.base import LoadOptions, QuantizationConfig
+from services.inference.metrics import InferenceMetrics
 from services.inference.registry import ModelRegistry
 from services.inference.servicer import InferenceServicer
 
@@ -31,14 +36,17 @@ class InferenceServer:
     """The assembled service; tests build one in-process on port 0."""
 
     def __init__(self, store_root: Path, *, host: str = "127.0.0.1", port: int = 0, max_batch_size: int = 8,
-                 max_requests_per_model: int = 64, auto_load: bool = True, registry: ModelRegistry | None = None):
+                 max_requests_per_model: int = 64, auto_load: bool = True, registry: ModelRegistry | None = None,
+                 metrics_port: int | None = None):
         self.registry = registry or ModelRegistry(
             CheckpointStore(store_root), max_requests_per_model=max_requests_per_model, auto_load=auto_load,
             default_options=LoadOptions(max_batch_size=max_batch_size))
-        servicer = InferenceServicer(self.registry)
+        self.prometheus = CollectorRegistry()
+        servicer = InferenceServicer(self.registry, InferenceMetrics(self.prometheus, self.registry))
         self.handle: ServerHandle = start_server(
             lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
-            [SERVICE_NAME], host=host, port=port)
+            [SERVICE_NAME], host=host, port=port, interceptors=[RpcMetrics(self.prometheus).interceptor()])
+        self.metrics = MetricsEndpoint.start(self.prometheus, host, metrics_port) if metrics_port is not None else None
         self.address = f"{host}:{self.handle.port}"
 
     def preload(self, spec: str) -> None:
@@ -56,6 +64,8 @@ class InferenceServer:
     def stop(self, grace_seconds: float = 10.0) -> None:
         self.handle.stop(grace_seconds)
         self.registry.close()
+        if self.metrics is not None:
+            self.metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,16 +80,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrent sequences per model; more are refused with RESOURCE_EXHAUSTED")
     parser.add_argument("--no-auto-load", action="store_true", help="require LoadModel before Generate")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to drain streams on shutdown")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port; default off)")
     args = parser.parse_args(argv)
     configure_logging()
     store = args.store or Path(os.environ.get("LMFORGE_STORE",
                                               Path(os.environ.get("LMFORGE_HOME", ".lmforge")) / "store"))
     server = InferenceServer(store, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-                             max_requests_per_model=args.max_requests, auto_load=not args.no_auto_load)
+                             max_requests_per_model=args.max_requests, auto_load=not args.no_auto_load,
+                             metrics_port=args.metrics_port)
     for spec in args.preload:
         server.preload(spec)
     server.serve()
     print(f"lmforge-inference listening on {server.address}", flush=True)
+    if server.metrics is not None:
+        print(f"lmforge-inference metrics on http://{args.host}:{server.metrics.port}/metrics", flush=True)
     wait_for_shutdown_signal()
     log.info("shutting down")
     server.stop(args.grace)

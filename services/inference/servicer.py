@@ -14,6 +14,7 @@ from services.common.grpc_server import translate_errors
 from services.engine.backends.base import LoadOptions, QuantizationConfig
 from services.engine.sampling import checked_sampling
 from services.inference import serving
+from services.inference.metrics import InferenceMetrics
 from services.inference.registry import LoadedModel, ModelRegistry
 from services.common.convert import manifest_to_proto
 
@@ -74,8 +75,9 @@ def loaded_to_proto(loaded: LoadedModel) -> inference_pb2.LoadedModel:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, metrics: InferenceMetrics | None = None):
         self.registry = registry
+        self.metrics = metrics
 
     @translate_errors
     def Generate(self, request, context):
@@ -86,7 +88,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         stream = serving.generate(
             self.registry, request.model_id, adapter_id=request.adapter_id, sampling=sampling,
             messages=messages_from_proto(request.chat) if which == "chat" else None,
-            text=request.text if which == "text" else None, is_active=context.is_active, deadline=deadline)
+            text=request.text if which == "text" else None, is_active=context.is_active, deadline=deadline,
+            metrics=self.metrics)
         for item in stream:
             if isinstance(item, serving.Delta):
                 yield inference_pb2.GenerateResponse(index=item.index, text_delta=item.text, token_ids=item.token_ids)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 from services.engine.generation import Delta, Finished, check_room, render_prompt, stream
 from services.engine.sampling import SamplingConfig
+from services.inference.metrics import InferenceMetrics
 from services.inference.registry import ModelRegistry
 
 __all__ = ["Delta", "Finished", "generate", "model_context_length", "render_prompt"]
@@ -22,7 +23,7 @@ def model_context_length(registry: ModelRegistry, model_id: str) -> int:
 
 def generate(registry: ModelRegistry, model_id: str, *, messages: list[dict] | None, text: str | None,
              adapter_id: str, sampling: SamplingConfig, is_active: Callable[[], bool] = lambda: True,
-             deadline: float | None = None) -> Iterator[Delta | Finished]:
+             deadline: float | None = None, metrics: InferenceMetrics | None = None) -> Iterator[Delta | Finished]:
     """Stream one request's choices. Raises NOT_FOUND / FAILED_PRECONDITION / INVALID_ARGUMENT /
     RESOURCE_EXHAUSTED before the first item; afterwards every choice ends with a Finished."""
     arrived = time.monotonic()
@@ -33,5 +34,6 @@ def generate(registry: ModelRegistry, model_id: str, *, messages: list[dict] | N
     prompt_ids, _ = render_prompt(backend.tokenizer, messages, text)
     check_room(backend, prompt_ids, model_id)
     with registry.admit(loaded, sampling.n):
-        yield from stream(backend, prompt_ids, sampling, adapter_id=adapter_id or None, is_active=is_active,
-                          deadline=deadline, arrived=arrived, name=model_id)
+        items = stream(backend, prompt_ids, sampling, adapter_id=adapter_id or None, is_active=is_active,
+                       deadline=deadline, arrived=arrived, name=model_id)
+        yield from metrics.observe(model_id, arrived, items) if metrics is not None else items

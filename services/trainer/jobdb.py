@@ -196,6 +196,11 @@ class JobDB:
             ).fetchall()
         return [self._job_from_row(r) for r in rows]
 
+    def count_by_state(self) -> dict[JobState, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {JobState(state): count for state, count in rows}
+
     def jobs_in_states(self, states: list[JobState]) -> list[Job]:
         with self._lock:
             rows = self._conn.execute(

@@ -48,6 +48,7 @@ from services.common.errors import FailedPrecondition, LmforgeError, NotFound
 from services.common.logging import get_logger
 from services.trainer import methods
 from services.trainer.jobdb import ErrorInfo, Event, Job, JobDB, JobState
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.spec import TrainingSpec
 from services.trainer.worker import EXIT_OK, EXIT_STOPPED, RESUME_REASON_ENV, journal_path
 from services.trainer.workers import JournalReader, WorkerProcess
@@ -121,13 +122,15 @@ def new_job_id() -> str:
 
 
 class JobManager:
-    def __init__(self, config: ManagerConfig, db: JobDB | None = None):
+    def __init__(self, config: ManagerConfig, db: JobDB | None = None, metrics: TrainerMetrics | None = None):
         if config.on_shutdown not in SHUTDOWN_MODES:
             raise ValueError(f"on_shutdown: {config.on_shutdown!r} is not one of {', '.join(SHUTDOWN_MODES)}")
         self.config = config
         config.home.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_state_directory(config.home)
         self.db = db or JobDB(config.home / "jobs.db")
+        self.metrics = metrics or TrainerMetrics()
+        self.metrics.watch_jobs(self.db)
         (config.home / "jobs").mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._scheduler_wakeup = threading.Condition(self._lock)
@@ -331,11 +334,16 @@ class JobManager:
             data["error"] = error.__dict__
             job_fields["error"] = error
         self._append(job_id, "state", data, job_fields.get("current_step", 0), state=state, **job_fields)
+        if state.terminal:
+            job = self.db.get_job(job_id)
+            self.metrics.job_ended(job.method, state, job.started_at, job.created_at)
         log.info("job state", job_id=job_id, state=state.value, message=data["message"][:200])
 
     def _queue_next_attempt(self, job: Job, reason: str, *, restart: bool) -> None:
         attempt = job.attempt + 1
         restarts = job.restarts + (1 if restart else 0)
+        if restart:
+            self.metrics.worker_restarts.inc()
         self.db.update_job(job.id, error=None, finished_at=0.0)
         self._transition(job.id, JobState.QUEUED, message=f"{reason}; queued as attempt {attempt}, to continue from "
                          "its last full-state checkpoint", attempt=attempt, restarts=restarts, stop_request="",
@@ -458,7 +466,12 @@ class JobManager:
             run.exit_code = int(data["code"])
         if line <= run.lines_done:  # an earlier server already stored this line's event
             return
+        if kind in ("metrics", "checkpoint", "log", "rollouts", "resumed"):
+            self.metrics.event_stored(at)
         if kind == "metrics":
+            tokens, before = data.get("values", {}).get("num_tokens"), run.latest_metrics.get("num_tokens", 0.0)
+            if tokens is not None and data.get("phase") == "train" and tokens > before:
+                self.metrics.tokens_trained.inc(tokens - before)
             run.latest_metrics.update(data.get("values", {}))
             self._append(job_id, kind, data, step, at, current_step=step, total_steps=int(data.get("total_steps", 0)),
                          latest_metrics=run.latest_metrics, journal_lines=line)

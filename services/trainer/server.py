@@ -4,6 +4,7 @@
     lmforge-trainer --port 0 --slots 2               # any free port; two concurrent CPU jobs
 
     lmforge-trainer --on-shutdown pause --max-restarts 3
+    lmforge-trainer --metrics-port 9400              # Prometheus metrics on http://127.0.0.1:9400/metrics
 
 Prints `lmforge-trainer listening on HOST:PORT` once it serves. SIGTERM/SIGINT drain in-flight calls and
 exit; running workers keep running (`--on-shutdown detach`, the default: the next server started on the
@@ -18,11 +19,15 @@ import os
 import sys
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from lmforge.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common.grpc_server import ServerHandle, start_server, wait_for_shutdown_signal
 from services.common.logging import configure_logging, get_logger
+from services.common.metrics import MetricsEndpoint, RpcMetrics
 from services.common.store import CheckpointStore
 from services.trainer.datasets import DatasetRegistry
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.jobs import SHUTDOWN_MODES, JobManager, ManagerConfig, StateDirectoryLocked, detect_devices
 from services.trainer.servicer import TrainerServicer
 
@@ -39,7 +44,7 @@ class TrainerServer:
 
     def __init__(self, home: Path, store_root: Path, *, host: str = "127.0.0.1", port: int = 0,
                  slots: int = 0, cancel_grace_seconds: float = 10.0, max_restarts: int = 2,
-                 on_shutdown: str = "detach"):
+                 on_shutdown: str = "detach", metrics_port: int | None = None):
         devices = detect_devices()
         if slots and devices == ["cpu"]:
             devices = ["cpu"] * slots
@@ -47,13 +52,15 @@ class TrainerServer:
             devices = devices[:slots]
         self.store = CheckpointStore(store_root)
         self.datasets = DatasetRegistry(home / "datasets")
+        self.registry = CollectorRegistry()
         self.jobs = JobManager(ManagerConfig(home=home, store_root=self.store.root, devices=devices,
                                              cancel_grace_seconds=cancel_grace_seconds, max_restarts=max_restarts,
-                                             on_shutdown=on_shutdown))
+                                             on_shutdown=on_shutdown), metrics=TrainerMetrics(self.registry))
         servicer = TrainerServicer(self.jobs, self.store, self.datasets, gpu=devices[0] != "cpu")
         self.handle: ServerHandle = start_server(
             lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
-            [SERVICE_NAME], host=host, port=port)
+            [SERVICE_NAME], host=host, port=port, interceptors=[RpcMetrics(self.registry).interceptor()])
+        self.metrics = MetricsEndpoint.start(self.registry, host, metrics_port) if metrics_port is not None else None
         self.jobs.start()
         self.handle.set_serving(True)
         self.address = f"{host}:{self.handle.port}"
@@ -65,6 +72,8 @@ class TrainerServer:
         self.jobs.shutdown(grace_seconds)
         self.handle.stop(grace_seconds)
         self.jobs.db.close()
+        if self.metrics is not None:
+            self.metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-shutdown", choices=SHUTDOWN_MODES, default="detach",
                         help="detach: leave running workers to the next server (default); pause: save their "
                              "full state and stop them")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port; default off)")
     args = parser.parse_args(argv)
     configure_logging()
     home = args.home or lmforge_home() / "trainer"
@@ -90,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = TrainerServer(home, store, host=args.host, port=args.port, slots=args.slots,
                                cancel_grace_seconds=args.cancel_grace, max_restarts=args.max_restarts,
-                               on_shutdown=args.on_shutdown)
+                               on_shutdown=args.on_shutdown, metrics_port=args.metrics_port)
     except StateDirectoryLocked as exc:
         print(f"lmforge-trainer: {exc.message}", file=sys.stderr)
         return 1
     print(f"lmforge-trainer listening on {server.address}", flush=True)
+    if server.metrics is not None:
+        print(f"lmforge-trainer metrics on http://{args.host}:{server.metrics.port}/metrics", flush=True)
     wait_for_shutdown_signal()
     log.info("shutting down")
     server.stop()
