@@ -107,6 +107,21 @@ def test_format_regex_default_think_then_answer():
     assert scores("format_regex", completions) == [1, 1, 0, 0, 0, 0]
 
 
+def test_format_regex_survives_a_catastrophic_backtracking_pattern():
+    """`(a|aa)+$` on 40 a's and a '!' takes ages with Python's re; the reward gives up after its time limit
+    on that one sample (score 0, one warning naming the pattern's problem) and scores the others."""
+    import time
+
+    warnings = []
+    [[function], _] = build_reward_functions([RewardFunctionSpec("format_regex", params={"pattern": "(a|aa)+$"})],
+                                             log=lambda message, level: warnings.append((level, message)))
+    started = time.monotonic()
+    assert function(prompts=["q", "q"], completions=["a" * 40 + "!", "aaaa"]) == [0.0, 1.0]
+    assert time.monotonic() - started < 30 * builtins.REGEX_TIMEOUT_SECONDS
+    [(level, message)] = warnings
+    assert level == "warning" and "1 of 2 samples raised" in message and "catastrophic backtracking" in message
+
+
 def test_format_regex_custom_pattern_uses_search():
     assert scores("format_regex", ["so \\boxed{5}", "5"], params={"pattern": r"\\boxed\{.+\}"}) == [1, 0]
     assert scores("format_regex", ["Answer: 5", "answer: 5"], params={"pattern": "^Answer:"}) == [1, 0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
+import regex
 import threading
 from collections.abc import Callable, Mapping
 from fractions import Fraction
@@ -21,6 +21,8 @@ from services.trainer.evaluation import normalize_text
 from services.trainer.rewards.texts import answer_part, is_chinese, last_number
 
 DEFAULT_FORMAT_PATTERN = r"^<think>[\s\S]+?</think>\s*\S[\s\S]*$"
+# How long format_regex's client pattern may search one completion.
+REGEX_TIMEOUT_SECONDS = 0.5
 # A built-in scores one sample: (prompt text, completion text, the row's dataset columns) -> score.
 SampleScorer = Callable[[str, str, Mapping[str, Any]], float]
 
@@ -123,11 +125,19 @@ def _format_regex(params: Mapping[str, str]) -> SampleScorer:
     """`format_regex` (params: `pattern`, default DEFAULT_FORMAT_PATTERN = a `<think>...</think>` block at the
     very start, then a non-empty answer): 1.0 when `re.search(pattern, completion)` finds a match in the
     whole, unstripped completion text, else 0.0. Python `re` syntax without flags (use inline `(?i)`,
-    `(?m)`, `(?s)`); anchor with `^`/`$` (or `\\A`/`\\Z`) to require the whole text to fit."""
-    pattern = re.compile(params["pattern"])
+    `(?m)`, `(?s)`); anchor with `^`/`$` (or `\\A`/`\\Z`) to require the whole text to fit.
+
+    The pattern comes from a client, so it runs on the `regex` module (the same syntax) with a time limit
+    per completion: a pattern that backtracks catastrophically (`(a|aa)+$`) raises TimeoutError, which the
+    reward function turns into a score of 0 with a warning, instead of freezing the job."""
+    pattern = regex.compile(params["pattern"])
 
     def score(prompt: str, completion: str, row: Mapping[str, Any]) -> float:
-        return float(pattern.search(completion) is not None)
+        try:
+            return float(pattern.search(completion, timeout=REGEX_TIMEOUT_SECONDS) is not None)
+        except TimeoutError:
+            raise TimeoutError(f"the pattern took more than {REGEX_TIMEOUT_SECONDS} s on this completion "
+                               "(catastrophic backtracking?); simplify format_regex's pattern") from None
 
     return score
 

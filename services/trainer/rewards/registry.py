@@ -24,6 +24,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import regex
+
 from services.common.errors import Violation
 from services.trainer.rewards.builtins import BUILTINS, Param, length_limits, resolved_params
 
@@ -118,8 +120,8 @@ def _check_param(where: str, spec: Param, value) -> list[Violation]:
         if len(text) > MAX_PATTERN_CHARS:
             return [Violation(0, where, f"is {len(text)} characters; at most {MAX_PATTERN_CHARS}")]
         try:
-            re.compile(text)
-        except re.error as exc:
+            regex.compile(text)  # what format_regex runs it with (builtins._format_regex)
+        except regex.error as exc:
             return [Violation(0, where, f"is not a valid regular expression: {exc}",
                               "Python `re` syntax; the completion must contain a match (re.search)")]
     return []
