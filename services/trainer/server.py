@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from lmforge.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common.grpc_server import ServerHandle, start_server, wait_for_shutdown_signal
+from services.common.auth import AuthInterceptor, InsecureBind, KeyFile, default_keys_file, require_keys_for
 from services.common.logging import configure_logging, get_logger
 from services.common.metrics import MetricsEndpoint, RpcMetrics
 from services.common.store import CheckpointStore
@@ -44,7 +45,12 @@ class TrainerServer:
 
     def __init__(self, home: Path, store_root: Path, *, host: str = "127.0.0.1", port: int = 0,
                  slots: int = 0, cancel_grace_seconds: float = 10.0, max_restarts: int = 2,
-                 on_shutdown: str = "detach", metrics_port: int | None = None):
+                 on_shutdown: str = "detach", metrics_port: int | None = None, keys_file: Path | None = None,
+                 insecure: bool = False):
+        keys = KeyFile(keys_file) if keys_file is not None else None
+        refusal = require_keys_for(host, keys, insecure)
+        if refusal:
+            raise InsecureBind(refusal)
         devices = detect_devices()
         if slots and devices == ["cpu"]:
             devices = ["cpu"] * slots
@@ -59,7 +65,8 @@ class TrainerServer:
         servicer = TrainerServicer(self.jobs, self.store, self.datasets, gpu=devices[0] != "cpu")
         self.handle: ServerHandle = start_server(
             lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
-            [SERVICE_NAME], host=host, port=port, interceptors=[RpcMetrics(self.registry).interceptor()])
+            [SERVICE_NAME], host=host, port=port, interceptors=[RpcMetrics(self.registry).interceptor(),
+                                        *([AuthInterceptor(keys)] if keys is not None else [])])
         self.metrics = MetricsEndpoint.start(self.registry, host, metrics_port) if metrics_port is not None else None
         self.jobs.start()
         self.handle.set_serving(True)
@@ -92,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-shutdown", choices=SHUTDOWN_MODES, default="detach",
                         help="detach: leave running workers to the next server (default); pause: save their "
                              "full state and stop them")
+    parser.add_argument("--keys", type=Path, default=None,
+                        help="API key file (default $LMFORGE_HOME/keys.json; lmforge-admin keys create makes keys)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening on a non-loopback address without API keys")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port; default off)")
     args = parser.parse_args(argv)
@@ -101,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = TrainerServer(home, store, host=args.host, port=args.port, slots=args.slots,
                                cancel_grace_seconds=args.cancel_grace, max_restarts=args.max_restarts,
-                               on_shutdown=args.on_shutdown, metrics_port=args.metrics_port)
-    except StateDirectoryLocked as exc:
+                               on_shutdown=args.on_shutdown, metrics_port=args.metrics_port,
+                               keys_file=args.keys or default_keys_file(), insecure=args.insecure)
+    except (StateDirectoryLocked, InsecureBind) as exc:
         print(f"lmforge-trainer: {exc.message}", file=sys.stderr)
         return 1
     print(f"lmforge-trainer listening on {server.address}", flush=True)

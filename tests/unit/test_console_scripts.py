@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTED = sorted(set(re.findall(r"\b(lmforge-(?:trainer|inference|store))\b",
+DOCUMENTED = sorted(set(re.findall(r"\b(lmforge-(?:trainer|inference|store|admin))\b",
                                    "\n".join(p.read_text() for p in [ROOT / "README.md", *ROOT.glob("docs/*.md")]))))
 
 

@@ -1,13 +1,48 @@
-"""What both service clients share: the channel (message limits, a retry policy) and its lifecycle."""
+"""What both service clients share: the channel (message limits, a retry policy, the API key) and its
+lifecycle."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 
 import grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+API_KEY_ENV = "LMFORGE_API_KEY"
+
+
+class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call (what the servers' key check reads)."""
+
+    def __init__(self, key: str):
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details):
+        metadata = [*(details.metadata or ()), self.header]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+            details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._with_key(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._with_key(details), request_iterator)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
 def retry_service_config(service: str, methods: Iterable[str]) -> str:
@@ -30,13 +65,15 @@ class ServiceClient:
     """Channel set-up and lifecycle shared by the service clients (context manager, `close()`).
 
     A given `channel` is used as is and not closed by `close()`; otherwise an insecure channel to
-    `address` is opened with our message limits and the service config's retry policy.
+    `address` is opened with our message limits and the service config's retry policy. `api_key` (default
+    $LMFORGE_API_KEY) is sent with every call as `authorization: Bearer <key>`.
     """
 
-    def __init__(self, address: str, channel: grpc.Channel | None, service_config: str):
+    def __init__(self, address: str, channel: grpc.Channel | None, service_config: str,
+                 api_key: str | None = None):
         self.address = address
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
+        self._base_channel = channel or grpc.insecure_channel(
             address,
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -45,10 +82,12 @@ class ServiceClient:
                 ("grpc.service_config", service_config),
             ],
         )
+        key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
+        self._channel = grpc.intercept_channel(self._base_channel, _BearerKey(key)) if key else self._base_channel
 
     def close(self) -> None:
         if self._owns_channel:
-            self._channel.close()
+            self._base_channel.close()
 
     def __enter__(self):
         return self

@@ -162,8 +162,9 @@ class InferenceClient(ServiceClient):
         *,
         channel: grpc.Channel | None = None,
         timeout: float = 60.0,
+        api_key: str | None = None,
     ):
-        super().__init__(address or default_inference_address(), channel, _INFERENCE_SERVICE_CONFIG)
+        super().__init__(address or default_inference_address(), channel, _INFERENCE_SERVICE_CONFIG, api_key)
         self.timeout = timeout
         self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
 

@@ -86,8 +86,9 @@ class TrainerClient(ServiceClient):
         channel: grpc.Channel | None = None,
         timeout: float = 30.0,
         reconnect_timeout: float = 30.0,
+        api_key: str | None = None,
     ):
-        super().__init__(address, channel, _SERVICE_CONFIG)
+        super().__init__(address, channel, _SERVICE_CONFIG, api_key)
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
         self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
