@@ -39,16 +39,30 @@ function loadPackage() {
   return cachedPackage;
 }
 
+/** A client interceptor adding `authorization: Bearer <key>` to every call (what the servers check). */
+function bearerKey(apiKey) {
+  return (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      metadata.set('authorization', `Bearer ${apiKey}`);
+      next(metadata, listener);
+    },
+  });
+}
+
 /**
- * A TrainerService client for `address` ("host:port"), over an insecure channel.
+ * A TrainerService client for `address` ("host:port"), over an insecure channel. `apiKey` (default
+ * process.env.LMFORGE_API_KEY) is sent with every call once the server has keys (docs/security.md).
  * @param {string} [address="127.0.0.1:50051"]
  * @param {grpc.ChannelCredentials} [credentials]
+ * @param {string} [apiKey]
  */
-function trainerClient(address = '127.0.0.1:50051', credentials = grpc.credentials.createInsecure()) {
+function trainerClient(address = '127.0.0.1:50051', credentials = grpc.credentials.createInsecure(),
+  apiKey = process.env.LMFORGE_API_KEY || '') {
   const { TrainerService } = loadPackage();
   return new TrainerService(address, credentials, {
     'grpc.max_receive_message_length': 64 * 1024 * 1024,
     'grpc.max_send_message_length': 64 * 1024 * 1024,
+    ...(apiKey ? { interceptors: [bearerKey(apiKey)] } : {}),
   });
 }
 

@@ -148,3 +148,32 @@ def test_a_server_on_a_public_address_needs_keys_or_insecure(tmp_path, store_roo
     finally:
         started.terminate()
         started.wait(timeout=120)
+
+
+NODE_LIST_JOBS = """
+const { trainerClient } = require(process.argv[1]);
+trainerClient(process.argv[2]).ListJobs({ pageSize: 5 }, (err) => {
+  console.log(JSON.stringify({ code: err ? err.code : 0 }));
+});
+"""
+
+
+def test_node_client_sends_the_api_key(keyed):
+    import shutil
+
+    keys, trainer, _ = keyed
+    node = shutil.which("node")
+    node_dir = ROOT / "clients" / "node"
+    if node is None or not (node_dir / "node_modules").is_dir():
+        pytest.skip("node or clients/node/node_modules is missing")
+    key = create_key(keys, "acme", "viewer")
+
+    def list_jobs(api_key: str) -> int:
+        result = subprocess.run([node, "-e", NODE_LIST_JOBS, str(node_dir / "index.js"), trainer.address],
+                                env={**os.environ, "LMFORGE_API_KEY": api_key}, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["code"]
+
+    assert list_jobs(key) == grpc.StatusCode.OK.value[0]
+    assert list_jobs("") == grpc.StatusCode.UNAUTHENTICATED.value[0]
