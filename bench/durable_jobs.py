@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import harness
+import psutil
 
 REPO = harness.REPO
 JOB_FILE = REPO / "examples" / "jobs" / "sft_lora.yaml"
@@ -46,15 +46,9 @@ class Server:
     """`lmforge-trainer` as a subprocess we may kill -9 and start again on the same home."""
 
     def __init__(self, home: Path, store: Path, logs: Path, name: str):
-        logs.mkdir(parents=True, exist_ok=True)
-        self.out, self.err = logs / f"{name}.out", logs / f"{name}.err"
-        env = {k: v for k, v in os.environ.items() if k not in harness.SERVER_ENV_OVERRIDES}
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.trainer.server", "--port", "0", "--home", str(home), "--store",
-                 str(store), "--max-restarts", "2"], env=env, cwd=REPO, stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL)
-        self.address = harness.wait_listening(self.process, self.out, self.err, timeout=120)
+        self.process, self.address = harness.launch_server(
+            "lmforge-trainer", "services.trainer.server",
+            ["--port", "0", "--home", str(home), "--store", str(store), "--max-restarts", "2"], logs, name)
 
     def kill(self) -> None:
         self.process.kill()
@@ -99,8 +93,6 @@ def folder_bytes(path: Path) -> int:
 
 def worker_pid_of(client, job_id: str, attempt: int) -> int:
     """The pid in the RUNNING state message of an attempt ("worker pid N on cpu[, attempt K]")."""
-    import re
-
     for event in client.stream_metrics(job_id, follow=False):
         if event.WhichOneof("payload") == "state_change" and event.attempt == attempt:
             found = re.search(r"worker pid (\d+)", event.state_change.message)
@@ -155,17 +147,11 @@ def kill_server(server: Server, home: Path, store: Path, logs: Path, job_id: str
         next_event = time.perf_counter() - t_kill
         sequences.append(first.sequence)
         job = client.get_job(job_id)
-        readopted = job.attempt == 1 and job.restarts == 0 and psutil_alive(pid)
+        readopted = job.attempt == 1 and job.restarts == 0 and psutil.pid_exists(pid)
         client.cancel_job(job_id)
     gapless = sequences == list(range(sequences[0], sequences[-1] + 1))
     return server, {"seconds_to_listening": listening, "seconds_to_next_event": next_event,
                     "sequences_gapless": gapless, "same_worker_readopted": readopted}
-
-
-def psutil_alive(pid: int) -> bool:
-    import psutil
-
-    return psutil.pid_exists(pid)
 
 
 def main() -> int:

@@ -210,19 +210,30 @@ def server_process(script: str, module: str, args: list[str], log_dir: Path | No
     at the end. Its stdout/stderr go to `log_dir`/server.out|err (a temporary directory if None). Raises
     RuntimeError with the stderr tail if it does not start within `timeout` seconds."""
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-server-") as fallback:
-        logs = log_dir or Path(fallback)
-        logs.mkdir(parents=True, exist_ok=True)
-        out_path, err_path = logs / "server.out", logs / "server.err"
-        executable = Path(sys.executable).parent / script
-        command = [str(executable)] if executable.exists() else [sys.executable, "-m", module]
-        env = {k: v for k, v in os.environ.items() if k not in SERVER_ENV_OVERRIDES}
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            process = subprocess.Popen(command + args, env=env, cwd=REPO, stdout=out, stderr=err,
-                                       stdin=subprocess.DEVNULL)
+        process, address = launch_server(script, module, args, log_dir or Path(fallback), timeout=timeout)
         try:
-            yield wait_listening(process, out_path, err_path, timeout)
+            yield address
         finally:
             stop_process(process)
+
+
+def launch_server(script: str, module: str, args: list[str], logs: Path, name: str = "server",
+                  timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """Start a server as `server_process` does (output in `logs`/NAME.out|err) and return (process, address)
+    once it listens; the caller stops it (or kills it: bench/durable_jobs.py)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
+    executable = Path(sys.executable).parent / script
+    command = [str(executable)] if executable.exists() else [sys.executable, "-m", module]
+    env = {k: v for k, v in os.environ.items() if k not in SERVER_ENV_OVERRIDES}
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        process = subprocess.Popen(command + args, env=env, cwd=REPO, stdout=out, stderr=err,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        return process, wait_listening(process, out_path, err_path, timeout)
+    except RuntimeError:
+        stop_process(process)
+        raise
 
 
 def wait_listening(process: subprocess.Popen, out_path: Path, err_path: Path, timeout: float) -> str:

@@ -13,7 +13,7 @@ Roles: `admin` may call everything; `member` everything but the admin-only calls
 where they go); `viewer` only reads and generates (`READ_ONLY_METHODS`). Health and reflection stay open.
 While the file holds no key, a server bound to loopback lets every call through (the demo and the tests
 stay simple); once a key exists, every call needs one. A server bound elsewhere refuses to start without
-keys unless told `--insecure` (`require_keys_for`).
+keys unless told `--insecure` (`open_key_file`).
 
 Not here yet: tenants owning their jobs, datasets and checkpoints (a key's tenant is recorded and
 checked for format only), TLS.
@@ -176,12 +176,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def require_keys_for(host: str, keys: KeyFile | None, insecure: bool) -> str:
-    """Why a server bound to `host` must not start (empty: it may): a non-loopback address needs keys."""
+def open_key_file(host: str, keys_file: Path | None, insecure: bool) -> KeyFile | None:
+    """The key file a server bound to `host` checks calls against (None: no file, every call passes).
+    Raises InsecureBind when a non-loopback address has no keys and `insecure` is false."""
+    keys = KeyFile(keys_file) if keys_file is not None else None
     if is_loopback(host) or insecure or (keys is not None and keys.records()):
-        return ""
-    return (f"refusing to listen on {host} without API keys: anyone who reaches the port could do anything. "
-            "Create a key (lmforge-admin keys create --tenant T --role admin) or pass --insecure")
+        return keys
+    raise InsecureBind(f"refusing to listen on {host} without API keys: anyone who reaches the port could do "
+                       "anything. Create a key (lmforge-admin keys create --tenant T --role admin) or pass "
+                       "--insecure")
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

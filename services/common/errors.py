@@ -8,6 +8,7 @@ with its traceback. Nothing in this module imports grpc, so workers and recipes 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePath
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,4 @@ def invalid_field(field_name: str, reason: str, hint: str = "") -> InvalidArgume
 def without_path(text: str, path, name: str) -> str:
     """A library's message with a server path (a file or a folder) replaced by `name`: what a user may see.
     Libraries (pyarrow, transformers) repeat the path they were given; a user must never see it."""
-    from pathlib import PurePath
-
-    path = PurePath(path)
-    return text.replace(str(path), name)
+    return text.replace(str(PurePath(path)), name)

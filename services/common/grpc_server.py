@@ -1,4 +1,5 @@
-"""gRPC server bootstrap shared by both services: health, reflection, limits, and the error table.
+"""gRPC server bootstrap shared by both services: health, reflection, limits, API keys, Prometheus metrics,
+the options the two servers share (`add_access_options`), and the error table.
 
 `translate_errors` is the one place where exceptions become gRPC statuses (DESIGN.md §5.6):
 an `LmforgeError` becomes its own code with a google.rpc.Status carrying a BadRequest (one field
@@ -8,12 +9,14 @@ becomes INTERNAL. Servicers decorate every method with it.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
 import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from google.protobuf import any_pb2
@@ -21,10 +24,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
 
 from lmforge.v1 import common_pb2
+from services.common.auth import AuthInterceptor, KeyFile, default_keys_file
 from services.common.errors import LmforgeError
 from services.common.logging import get_logger
+from services.common.metrics import MetricsEndpoint, RpcMetrics
 
 log = get_logger(__name__)
 
@@ -90,15 +96,34 @@ def translate_errors(method: Callable) -> Callable:
     return unary_wrapper
 
 
+def add_access_options(parser: argparse.ArgumentParser) -> None:
+    """The options both servers take about who may call them and what they expose: --keys, --insecure,
+    --metrics-port (read back with `access_options`)."""
+    parser.add_argument("--keys", type=Path, default=None,
+                        help="API key file (default $LMFORGE_HOME/keys.json; lmforge-admin keys create makes keys)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening on a non-loopback address without API keys")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port; default off)")
+
+
+def access_options(args: argparse.Namespace) -> dict:
+    """The servers' keyword arguments for what `add_access_options` parsed."""
+    return {"keys_file": args.keys or default_keys_file(), "insecure": args.insecure,
+            "metrics_port": args.metrics_port}
+
+
 class ServerHandle:
-    """A started server with its health servicer; `stop` drains in-flight calls within a grace period."""
+    """A started server with its health servicer and its metrics endpoint (if any); `stop` drains in-flight
+    calls within a grace period and stops the endpoint."""
 
     def __init__(self, server: grpc.Server, health_servicer: health.HealthServicer, port: int,
-                 service_names: list[str]):
+                 service_names: list[str], metrics: MetricsEndpoint | None = None):
         self.server = server
         self.health = health_servicer
         self.port = port
         self.service_names = service_names
+        self.metrics = metrics
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -108,15 +133,24 @@ class ServerHandle:
     def stop(self, grace_seconds: float = 5.0) -> None:
         self.set_serving(False)
         self.server.stop(grace_seconds).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
 
 
 def start_server(register: Callable[[grpc.Server], None], service_names: list[str], *, host: str = "127.0.0.1",
-                 port: int = 0, max_workers: int = 64,
-                 interceptors: list[grpc.ServerInterceptor] | None = None) -> ServerHandle:
-    """Create, register and start a server (health NOT_SERVING until the caller calls set_serving)."""
+                 port: int = 0, max_workers: int = 64, registry: CollectorRegistry | None = None,
+                 keys: KeyFile | None = None, metrics_port: int | None = None) -> ServerHandle:
+    """Create, register and start a server (health NOT_SERVING until the caller calls set_serving).
+
+    Every call is counted into `registry` (per-RPC metrics) and, with `keys`, needs an API key;
+    `metrics_port` (not None) serves the registry to Prometheus on `host`."""
+    registry = registry or CollectorRegistry()
+    interceptors: list[grpc.ServerInterceptor] = [RpcMetrics(registry).interceptor()]
+    if keys is not None:
+        interceptors.append(AuthInterceptor(keys))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=interceptors or [],
+        interceptors=interceptors,
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)],
@@ -129,7 +163,8 @@ def start_server(register: Callable[[grpc.Server], None], service_names: list[st
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()
-    handle = ServerHandle(server, health_servicer, bound, service_names)
+    metrics = MetricsEndpoint.start(registry, host, metrics_port) if metrics_port is not None else None
+    handle = ServerHandle(server, health_servicer, bound, service_names, metrics)
     handle.set_serving(False)
     return handle
 

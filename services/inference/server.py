@@ -19,10 +19,15 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from lmforge.v1 import inference_pb2, inference_pb2_grpc
-from services.common.grpc_server import ServerHandle, start_server, wait_for_shutdown_signal
-from services.common.auth import AuthInterceptor, InsecureBind, KeyFile, default_keys_file, require_keys_for
+from services.common.grpc_server import (
+    ServerHandle,
+    access_options,
+    add_access_options,
+    start_server,
+    wait_for_shutdown_signal,
+)
+from services.common.auth import InsecureBind, open_key_file
 from services.common.logging import configure_logging, get_logger
-from services.common.metrics import MetricsEndpoint, RpcMetrics
 from services.common.store import CheckpointStore
 from services.engine.backends.base import LoadOptions, QuantizationConfig
 from services.inference.metrics import InferenceMetrics
@@ -39,10 +44,7 @@ class InferenceServer:
     def __init__(self, store_root: Path, *, host: str = "127.0.0.1", port: int = 0, max_batch_size: int = 8,
                  max_requests_per_model: int = 64, auto_load: bool = True, registry: ModelRegistry | None = None,
                  metrics_port: int | None = None, keys_file: Path | None = None, insecure: bool = False):
-        keys = KeyFile(keys_file) if keys_file is not None else None
-        refusal = require_keys_for(host, keys, insecure)
-        if refusal:
-            raise InsecureBind(refusal)
+        keys = open_key_file(host, keys_file, insecure)
         self.registry = registry or ModelRegistry(
             CheckpointStore(store_root), max_requests_per_model=max_requests_per_model, auto_load=auto_load,
             default_options=LoadOptions(max_batch_size=max_batch_size))
@@ -50,9 +52,8 @@ class InferenceServer:
         servicer = InferenceServicer(self.registry, InferenceMetrics(self.prometheus, self.registry))
         self.handle: ServerHandle = start_server(
             lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
-            [SERVICE_NAME], host=host, port=port, interceptors=[RpcMetrics(self.prometheus).interceptor(),
-                                        *([AuthInterceptor(keys)] if keys is not None else [])])
-        self.metrics = MetricsEndpoint.start(self.prometheus, host, metrics_port) if metrics_port is not None else None
+            [SERVICE_NAME], host=host, port=port, registry=self.prometheus, keys=keys, metrics_port=metrics_port)
+        self.metrics = self.handle.metrics
         self.address = f"{host}:{self.handle.port}"
 
     def preload(self, spec: str) -> None:
@@ -70,8 +71,6 @@ class InferenceServer:
     def stop(self, grace_seconds: float = 10.0) -> None:
         self.handle.stop(grace_seconds)
         self.registry.close()
-        if self.metrics is not None:
-            self.metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrent sequences per model; more are refused with RESOURCE_EXHAUSTED")
     parser.add_argument("--no-auto-load", action="store_true", help="require LoadModel before Generate")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to drain streams on shutdown")
-    parser.add_argument("--keys", type=Path, default=None,
-                        help="API key file (default $LMFORGE_HOME/keys.json; lmforge-admin keys create makes keys)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="allow listening on a non-loopback address without API keys")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port; default off)")
+    add_access_options(parser)
     args = parser.parse_args(argv)
     configure_logging()
     store = args.store or Path(os.environ.get("LMFORGE_STORE",
@@ -99,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = InferenceServer(store, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                                  max_requests_per_model=args.max_requests, auto_load=not args.no_auto_load,
-                                 metrics_port=args.metrics_port, keys_file=args.keys or default_keys_file(),
-                                 insecure=args.insecure)
+                                 **access_options(args))
     except InsecureBind as exc:
         print(f"lmforge-inference: {exc.message}", file=sys.stderr)
         return 1

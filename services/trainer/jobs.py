@@ -325,6 +325,7 @@ class JobManager:
         with self._events_cond:
             event = self.db.append_event(job_id, kind, data, step, at, **job_fields)
             self._events_cond.notify_all()
+        self.metrics.event_stored(at)  # `at`: when a worker wrote it (None for the server's own events)
         return event
 
     def _transition(self, job_id: str, state: JobState, message: str = "", error: ErrorInfo | None = None,
@@ -466,8 +467,6 @@ class JobManager:
             run.exit_code = int(data["code"])
         if line <= run.lines_done:  # an earlier server already stored this line's event
             return
-        if kind in ("metrics", "checkpoint", "log", "rollouts", "resumed"):
-            self.metrics.event_stored(at)
         if kind == "metrics":
             tokens, before = data.get("values", {}).get("num_tokens"), run.latest_metrics.get("num_tokens", 0.0)
             if tokens is not None and data.get("phase") == "train" and tokens > before:

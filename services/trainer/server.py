@@ -22,14 +22,19 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from lmforge.v1 import trainer_pb2, trainer_pb2_grpc
-from services.common.grpc_server import ServerHandle, start_server, wait_for_shutdown_signal
-from services.common.auth import AuthInterceptor, InsecureBind, KeyFile, default_keys_file, require_keys_for
+from services.common.grpc_server import (
+    ServerHandle,
+    access_options,
+    add_access_options,
+    start_server,
+    wait_for_shutdown_signal,
+)
+from services.common.auth import InsecureBind, open_key_file
 from services.common.logging import configure_logging, get_logger
-from services.common.metrics import MetricsEndpoint, RpcMetrics
 from services.common.store import CheckpointStore
 from services.trainer.datasets import DatasetRegistry
-from services.trainer.metrics import TrainerMetrics
 from services.trainer.jobs import SHUTDOWN_MODES, JobManager, ManagerConfig, StateDirectoryLocked, detect_devices
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.servicer import TrainerServicer
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -47,10 +52,7 @@ class TrainerServer:
                  slots: int = 0, cancel_grace_seconds: float = 10.0, max_restarts: int = 2,
                  on_shutdown: str = "detach", metrics_port: int | None = None, keys_file: Path | None = None,
                  insecure: bool = False):
-        keys = KeyFile(keys_file) if keys_file is not None else None
-        refusal = require_keys_for(host, keys, insecure)
-        if refusal:
-            raise InsecureBind(refusal)
+        keys = open_key_file(host, keys_file, insecure)
         devices = detect_devices()
         if slots and devices == ["cpu"]:
             devices = ["cpu"] * slots
@@ -65,9 +67,8 @@ class TrainerServer:
         servicer = TrainerServicer(self.jobs, self.store, self.datasets, gpu=devices[0] != "cpu")
         self.handle: ServerHandle = start_server(
             lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
-            [SERVICE_NAME], host=host, port=port, interceptors=[RpcMetrics(self.registry).interceptor(),
-                                        *([AuthInterceptor(keys)] if keys is not None else [])])
-        self.metrics = MetricsEndpoint.start(self.registry, host, metrics_port) if metrics_port is not None else None
+            [SERVICE_NAME], host=host, port=port, registry=self.registry, keys=keys, metrics_port=metrics_port)
+        self.metrics = self.handle.metrics
         self.jobs.start()
         self.handle.set_serving(True)
         self.address = f"{host}:{self.handle.port}"
@@ -79,8 +80,6 @@ class TrainerServer:
         self.jobs.shutdown(grace_seconds)
         self.handle.stop(grace_seconds)
         self.jobs.db.close()
-        if self.metrics is not None:
-            self.metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-shutdown", choices=SHUTDOWN_MODES, default="detach",
                         help="detach: leave running workers to the next server (default); pause: save their "
                              "full state and stop them")
-    parser.add_argument("--keys", type=Path, default=None,
-                        help="API key file (default $LMFORGE_HOME/keys.json; lmforge-admin keys create makes keys)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="allow listening on a non-loopback address without API keys")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port; default off)")
+    add_access_options(parser)
     args = parser.parse_args(argv)
     configure_logging()
     home = args.home or lmforge_home() / "trainer"
@@ -112,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = TrainerServer(home, store, host=args.host, port=args.port, slots=args.slots,
                                cancel_grace_seconds=args.cancel_grace, max_restarts=args.max_restarts,
-                               on_shutdown=args.on_shutdown, metrics_port=args.metrics_port,
-                               keys_file=args.keys or default_keys_file(), insecure=args.insecure)
+                               on_shutdown=args.on_shutdown, **access_options(args))
     except (StateDirectoryLocked, InsecureBind) as exc:
         print(f"lmforge-trainer: {exc.message}", file=sys.stderr)
         return 1

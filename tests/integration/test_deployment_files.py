@@ -41,7 +41,7 @@ def test_compose_service_builds_an_existing_dockerfile_and_mounts_the_shared_sto
     service = compose()["services"][name]
     context = (DOCKER / service["build"]["context"]).resolve()
     assert context == ROOT and (context / service["build"]["dockerfile"]).is_file()
-    assert "lmforge-data:/data" in service["volumes"] and "lmforge-data" in compose()["volumes"]
+    assert "lmforge_state:/data" in service["volumes"] and "lmforge_state" in compose()["volumes"]
     text = dockerfile(name)
     assert "LMFORGE_STORE=/data/store" in instruction(text, "ENV")
 

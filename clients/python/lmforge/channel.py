@@ -21,10 +21,8 @@ class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
         self.header = ("authorization", f"Bearer {key}")
 
     def _with_key(self, details):
-        metadata = [*(details.metadata or ()), self.header]
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
-            details.compression)
+        # grpc hands interceptors its _ClientCallDetails namedtuple
+        return details._replace(metadata=[*(details.metadata or ()), self.header])
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._with_key(details), request)
@@ -37,12 +35,6 @@ class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
 
     def intercept_stream_stream(self, continuation, details, request_iterator):
         return continuation(self._with_key(details), request_iterator)
-
-
-class _Details(grpc.ClientCallDetails):
-    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
-        self.method, self.timeout, self.metadata = method, timeout, metadata
-        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
 def retry_service_config(service: str, methods: Iterable[str]) -> str:
